@@ -1,0 +1,77 @@
+//! The hutch-guest executable: parse flags, bind, serve; as PID 1, also
+//! forward SIGTERM to every process in the sandbox and reap orphans.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hutch_guest::{Config, GuestState, config::Args, server};
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hutch-guest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUTCH_GUEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread: the guest idles in every sandbox, so its footprint matters
+    // more than parallelism; blocking file work goes to the blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch-guest: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hutch-guest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| server::ServeError::BindTcp { addr, source })?,
+        ),
+        None => None,
+    };
+    let unix = config.listen_unix.as_deref().map(server::bind_unix).transpose()?;
+    let grace = config.stop_grace;
+    let state = GuestState::new(config)?;
+    let processes = state.processes.clone();
+    let reaper = state.reaper.clone();
+    let app = hutch_guest::router(state);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    server::serve(app, tcp, unix, shutdown).await?;
+
+    // Stopping: pass SIGTERM on, give the children the grace period, then go.
+    if std::process::id() == 1 {
+        // As PID 1 of a PID namespace, kill(-1) reaches every other process in it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::Signal::SIGTERM);
+    } else {
+        processes.signal_all(nix::sys::signal::Signal::SIGTERM);
+    }
+    let _ = tokio::time::timeout(grace, reaper.all_exited()).await;
+    Ok(())
+}

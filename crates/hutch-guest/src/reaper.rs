@@ -1,0 +1,110 @@
+//! The one place that waits for child processes.
+//!
+//! As PID 1 of a sandbox the guest inherits every orphan, so it must reap
+//! with `waitpid(-1)`; that would steal exit statuses from any other waiter,
+//! so nothing else in the guest waits for children (no `tokio::process`).
+//! Instead:
+//! 1. [`Reaper::spawn`] starts a command while holding the registry lock and
+//!    records a channel for its exit status before the lock is released, so a
+//!    child that dies at once is never reaped before it is known.
+//! 2. On every SIGCHLD (and on a slow timer, in case signals coalesced) the
+//!    reaper task takes the lock and calls `waitpid(-1, WNOHANG)` until no
+//!    child is left to reap: a known pid gets its status sent to its owner,
+//!    an orphan is simply reaped (no zombies pile up).
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use nix::{
+    errno::Errno,
+    sys::wait::{WaitPidFlag, WaitStatus, waitpid},
+    unistd::Pid,
+};
+use tokio::sync::{oneshot, watch};
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It called exit with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal { signal: i32, core_dumped: bool },
+}
+
+type Waiters = HashMap<i32, oneshot::Sender<Exit>>;
+
+/// Handle to the reaper; cheap to clone.
+#[derive(Clone)]
+pub struct Reaper {
+    waiters: Arc<Mutex<Waiters>>,
+    /// Number of live children we spawned (for shutdown).
+    live: watch::Sender<usize>,
+}
+
+impl Reaper {
+    /// Starts the reaper task. Must be called inside a tokio runtime.
+    pub fn start() -> std::io::Result<Reaper> {
+        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let reaper = Reaper { waiters: Arc::default(), live: watch::Sender::new(0) };
+        let r = reaper.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = sigchld.recv() => {}
+                    _ = tick.tick() => {}
+                }
+                r.reap_all();
+            }
+        });
+        Ok(reaper)
+    }
+
+    fn reap_all(&self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, core_dumped)) => {
+                    (pid, Exit::Signal { signal: sig as i32, core_dumped })
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waitpid failed");
+                    break;
+                }
+            };
+            if let Some(tx) = waiters.remove(&pid.as_raw()) {
+                let _ = tx.send(exit);
+                self.live.send_modify(|n| *n = n.saturating_sub(1));
+            } else {
+                tracing::debug!(pid = pid.as_raw(), ?exit, "reaped an orphan");
+            }
+        }
+    }
+
+    /// Spawns `cmd` and returns its pid and a receiver of its exit. The
+    /// caller must not wait on the returned `Child` (it is dropped here).
+    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(u32, oneshot::Receiver<Exit>)> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        drop(child);
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(pid as i32, tx);
+        self.live.send_modify(|n| *n += 1);
+        Ok((pid, rx))
+    }
+
+    /// Resolves when every child spawned through this reaper has been reaped.
+    pub async fn all_exited(&self) {
+        let mut rx = self.live.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+}
