@@ -18,6 +18,12 @@ pub struct Args {
     /// Unix socket path to serve the same API on (created 0600; replaced if stale).
     #[arg(long, env = "HUTCH_GUEST_LISTEN_UNIX")]
     pub listen_unix: Option<PathBuf>,
+    /// An inherited, already listening socket (Unix or TCP) to serve on as
+    /// well. The agent binds the sandbox's socket in a host directory the
+    /// sandbox never sees and passes it in, so no path the sandbox can write
+    /// is ever connected to from the host (R1).
+    #[arg(long, env = "HUTCH_GUEST_LISTEN_FD")]
+    pub listen_fd: Option<i32>,
     /// User that processes and file operations run as unless a request names one.
     #[arg(long = "user", env = "HUTCH_GUEST_USER", default_value = "root")]
     pub default_user: String,
@@ -70,6 +76,7 @@ pub struct Args {
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub listen_unix: Option<PathBuf>,
+    pub listen_fd: Option<i32>,
     pub default_user: String,
     pub default_workdir: Option<PathBuf>,
     pub envs: BTreeMap<String, String>,
@@ -97,6 +104,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--listen-fd must be 3 or more")]
+    ListenFd,
     #[error("the access token is empty")]
     EmptyToken,
     #[error("--max-message-bytes must be between 1 KiB and 64 MiB")]
@@ -146,6 +155,9 @@ impl Config {
             ),
             (None, None) => None,
         };
+        if a.listen_fd.is_some_and(|fd| fd < 3) {
+            return Err(ConfigError::ListenFd);
+        }
         if access_token.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken);
         }
@@ -158,6 +170,7 @@ impl Config {
         Ok(Config {
             listen,
             listen_unix: a.listen_unix,
+            listen_fd: a.listen_fd,
             default_user: a.default_user,
             default_workdir: a.default_workdir,
             envs,

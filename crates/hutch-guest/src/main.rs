@@ -40,15 +40,25 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let tcp = match config.listen {
-        Some(addr) => Some(
+    let mut tcp = Vec::new();
+    let mut unix = Vec::new();
+    if let Some(fd) = config.listen_fd {
+        match server::adopt_listener(fd)? {
+            server::Inherited::Tcp(l) => tcp.push(l),
+            server::Inherited::Unix(l) => unix.push(l),
+        }
+    }
+    if let Some(addr) = config.listen {
+        tcp.push(
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| server::ServeError::BindTcp { addr, source })?,
-        ),
-        None => None,
-    };
-    let unix = config.listen_unix.as_deref().map(server::bind_unix).transpose()?;
+        );
+    }
+    if let Some(path) = config.listen_unix.as_deref() {
+        unix.push(server::bind_unix(path)?);
+    }
+    let socket_path = config.listen_unix.clone();
     let grace = config.stop_grace;
     let state = GuestState::new(config)?;
     let processes = state.processes.clone();
@@ -63,7 +73,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             _ = int.recv() => {}
         }
     };
-    server::serve(app, tcp, unix, shutdown).await?;
+    server::serve_all(app, tcp, unix, shutdown).await?;
 
     // Stopping: pass SIGTERM on, give the children the grace period, then go.
     if std::process::id() == 1 {
@@ -73,5 +83,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         processes.signal_all(nix::sys::signal::Signal::SIGTERM);
     }
     let _ = tokio::time::timeout(grace, reaper.all_exited()).await;
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }

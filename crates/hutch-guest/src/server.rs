@@ -26,7 +26,13 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("nothing to listen on: give --listen or --listen-unix")]
+    #[error("inherited fd {fd} is not a listening socket")]
+    InheritedFd {
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nothing to listen on: give --listen, --listen-unix or --listen-fd")]
     NoListener,
     #[error("serving")]
     Serve(#[source] std::io::Error),
@@ -45,6 +51,45 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     let l = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(l)
+}
+
+/// A listener inherited from the parent.
+pub enum Inherited {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// Takes over an inherited listening socket (see `--listen-fd`): checks that
+/// it is a socket in the listening state, marks it close-on-exec so no
+/// sandbox process inherits it, and makes it non-blocking.
+#[allow(unsafe_code)]
+pub fn adopt_listener(fd: i32) -> Result<Inherited, ServeError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let err = |source| ServeError::InheritedFd { fd, source };
+    // SAFETY: the fd number comes from our parent by contract (--listen-fd);
+    // we take sole ownership of it here, once, before any other code could
+    // have opened or closed it (this runs at start-up, before the server).
+    // fcntl first proves the number is an open descriptor.
+    rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) }).map_err(|e| err(e.into()))?;
+    // SAFETY: see above; the descriptor is open and owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if !rustix::net::sockopt::socket_acceptconn(&owned).map_err(|e| err(e.into()))? {
+        return Err(err(std::io::Error::other("socket is not listening")));
+    }
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| err(e.into()))?;
+    let is_unix = matches!(
+        rustix::net::getsockname(&owned).map_err(|e| err(e.into()))?.address_family(),
+        rustix::net::AddressFamily::UNIX
+    );
+    if is_unix {
+        let l = std::os::unix::net::UnixListener::from(owned);
+        l.set_nonblocking(true).map_err(err)?;
+        Ok(Inherited::Unix(UnixListener::from_std(l).map_err(err)?))
+    } else {
+        let l = std::net::TcpListener::from(owned);
+        l.set_nonblocking(true).map_err(err)?;
+        Ok(Inherited::Tcp(TcpListener::from_std(l).map_err(err)?))
+    }
 }
 
 trait SocketLike {
@@ -66,7 +111,17 @@ pub async fn serve(
     unix: Option<UnixListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if tcp.is_none() && unix.is_none() {
+    serve_all(app, tcp.into_iter().collect(), unix.into_iter().collect(), shutdown).await
+}
+
+/// Like [`serve`], on any number of listeners of each kind.
+pub async fn serve_all(
+    app: Router,
+    tcp: Vec<TcpListener>,
+    unix: Vec<UnixListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if tcp.is_empty() && unix.is_empty() {
         return Err(ServeError::NoListener);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -77,16 +132,18 @@ pub async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tcp_task = tcp.map(|l| {
+    let mut tasks = Vec::new();
+    for l in tcp {
         let app = app.clone();
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await })
-    });
-    let unix_task = unix.map(|l| {
+        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await }));
+    }
+    for l in unix {
+        let app = app.clone();
         let rx = stop_rx.clone();
-        tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await })
-    });
-    for task in [tcp_task, unix_task].into_iter().flatten() {
+        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await }));
+    }
+    for task in tasks {
         match task.await {
             Ok(r) => r.map_err(ServeError::Serve)?,
             Err(e) => return Err(ServeError::Serve(std::io::Error::other(e))),
