@@ -1,0 +1,16 @@
+//! The host agent: everything Hutch does on one machine to run sandboxes.
+//!
+//! Owns, on its host: the template layer cache, each sandbox's root
+//! filesystem (overlay + disk limit), cgroups, OCI bundle and runtime state,
+//! the listening socket of its guest, the posture check after start (R17),
+//! and finding and cleaning what a crash left behind.
+//! Must not: know about workspaces' keys, quotas or the API, or keep any
+//! state of its own beyond what it can rediscover from the host (the control
+//! plane's store is the source of truth; the agent reconciles to it).
+//!
+//! The control plane talks to agents only through [`HostAgent`]: in-process
+//! in single-node mode, over HTTP to `hutch agent` on other hosts later.
+
+pub mod host;
+
+pub use host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
