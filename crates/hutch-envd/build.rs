@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/process/process.proto", "proto/filesystem/filesystem.proto"];
+    let protos = [
+        "proto/process/process.proto",
+        "proto/filesystem/filesystem.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -58,7 +58,9 @@ pub struct Launched {
 pub enum HostSandboxState {
     Running,
     /// Its processes are gone; `reason` says what the host saw.
-    Dead { reason: String },
+    Dead {
+        reason: String,
+    },
     /// The host holds nothing for it.
     Missing,
 }

@@ -31,7 +31,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(guest_section(&args))
 }
 
@@ -92,11 +95,16 @@ fn start_guest(bin: &Path, sock: &Path) -> anyhow::Result<std::process::Child> {
 
 async fn run_true(client: &GuestClient) -> anyhow::Result<()> {
     let req = StartRequest {
-        process: Some(ProcessConfig { cmd: "/bin/true".into(), ..Default::default() }),
+        process: Some(ProcessConfig {
+            cmd: "/bin/true".into(),
+            ..Default::default()
+        }),
         stdin: Some(false),
         ..Default::default()
     };
-    let mut s = client.server_stream::<_, StartResponse>("process.Process/Start", &req).await?;
+    let mut s = client
+        .server_stream::<_, StartResponse>("process.Process/Start", &req)
+        .await?;
     let mut ended = false;
     while let Some(m) = s.next().await? {
         if let Some(Event::End(e)) = m.event.and_then(|e| e.event) {
@@ -169,12 +177,21 @@ async fn guest_section(args: &Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let c2 = chunk.clone();
     let body = futures::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(c2.clone())));
-    client.upload(file.to_str().context("path")?, None, body).await?;
+    client
+        .upload(file.to_str().context("path")?, None, body)
+        .await?;
     let up = t.elapsed();
-    anyhow::ensure!(std::fs::metadata(&file)?.len() == total, "upload size mismatch");
+    anyhow::ensure!(
+        std::fs::metadata(&file)?.len() == total,
+        "upload size mismatch"
+    );
     let t = Instant::now();
     let mut got = 0u64;
-    let mut stream = Box::pin(client.download(file.to_str().context("path")?, None).await?);
+    let mut stream = Box::pin(
+        client
+            .download(file.to_str().context("path")?, None)
+            .await?,
+    );
     while let Some(b) = stream.next().await {
         got += b?.len() as u64;
     }
@@ -199,7 +216,10 @@ async fn guest_section(args: &Args) -> anyhow::Result<()> {
     cat.wait()?;
     let up_base = t.elapsed();
     let t = Instant::now();
-    let mut cat = Command::new("cat").arg(&dst).stdout(Stdio::piped()).spawn()?;
+    let mut cat = Command::new("cat")
+        .arg(&dst)
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut out = cat.stdout.take().context("stdout")?;
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
@@ -221,7 +241,10 @@ async fn guest_section(args: &Args) -> anyhow::Result<()> {
     println!("Static binary `{}`.\n", args.guest.display());
     println!("| figure | hutch-guest | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!("| binary size | {:.2} MiB | — | — | small |", size as f64 / (1u64 << 20) as f64);
+    println!(
+        "| binary size | {:.2} MiB | — | — | small |",
+        size as f64 / (1u64 << 20) as f64
+    );
     println!(
         "| exec → `/health` answered, p50 (p90) | {} ({}) | fork+exec+wait of static busybox `true`: {} | {:.1}× | < 5 ms |",
         ms(ready.pct(0.5)),
@@ -229,7 +252,10 @@ async fn guest_section(args: &Args) -> anyhow::Result<()> {
         ms(spawn_wait.pct(0.5)),
         ready.pct(0.5).as_secs_f64() / spawn_wait.pct(0.5).as_secs_f64()
     );
-    println!("| idle RSS | {:.2} MiB | — | — | < 4 MiB |", rss_idle as f64 / 1024.0);
+    println!(
+        "| idle RSS | {:.2} MiB | — | — | < 4 MiB |",
+        rss_idle as f64 / 1024.0
+    );
     println!(
         "| RSS after {} commands / after 2×{} MiB of file transfer | {:.2} MiB / {:.2} MiB | — | — | flat |",
         n + 20,

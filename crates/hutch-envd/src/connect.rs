@@ -72,7 +72,7 @@ impl Code {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<Code> {
+    pub fn parse(s: &str) -> Option<Code> {
         Some(match s {
             "canceled" => Code::Canceled,
             "unknown" => Code::Unknown,
@@ -127,7 +127,10 @@ pub struct ConnectError {
 
 impl ConnectError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ConnectError { code, message: message.into() }
+        ConnectError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -150,8 +153,12 @@ impl ConnectError {
 
     /// Parses a unary error body or an end-of-stream `error` member.
     pub fn from_json(v: &serde_json::Value) -> Option<ConnectError> {
-        let code = Code::from_str(v.get("code")?.as_str()?)?;
-        let message = v.get("message").and_then(|m| m.as_str()).unwrap_or_default().to_owned();
+        let code = Code::parse(v.get("code")?.as_str()?)?;
+        let message = v
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_owned();
         Some(ConnectError { code, message })
     }
 }
@@ -173,7 +180,12 @@ pub enum CallKind {
 impl Codec {
     /// Reads `Content-Type` (parameters such as `; charset=utf-8` ignored).
     pub fn from_content_type(ct: &str) -> Option<(Codec, CallKind)> {
-        let base = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let base = ct
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         Some(match base.as_str() {
             "application/json" => (Codec::Json, CallKind::Unary),
             "application/proto" => (Codec::Proto, CallKind::Unary),
@@ -203,8 +215,9 @@ impl Codec {
                 if payload.iter().all(u8::is_ascii_whitespace) {
                     return Ok(M::default());
                 }
-                serde_json::from_slice(payload)
-                    .map_err(|e| ConnectError::invalid(format!("cannot decode request message: {e}")))
+                serde_json::from_slice(payload).map_err(|e| {
+                    ConnectError::invalid(format!("cannot decode request message: {e}"))
+                })
             }
             Codec::Proto => M::decode(payload)
                 .map_err(|e| ConnectError::invalid(format!("cannot decode request message: {e}"))),
@@ -257,8 +270,9 @@ impl Frame {
 
     /// For an end-of-stream frame: the error it carries, if any.
     pub fn end_stream_error(&self) -> Result<Option<ConnectError>, ConnectError> {
-        let v: serde_json::Value = serde_json::from_slice(&self.payload)
-            .map_err(|e| ConnectError::new(Code::Internal, format!("bad end-of-stream message: {e}")))?;
+        let v: serde_json::Value = serde_json::from_slice(&self.payload).map_err(|e| {
+            ConnectError::new(Code::Internal, format!("bad end-of-stream message: {e}"))
+        })?;
         Ok(v.get("error").and_then(ConnectError::from_json))
     }
 }
@@ -273,7 +287,10 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame: usize) -> Self {
-        FrameDecoder { buf: BytesMut::new(), max_frame }
+        FrameDecoder {
+            buf: BytesMut::new(),
+            max_frame,
+        }
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
@@ -290,11 +307,17 @@ impl FrameDecoder {
         if len > self.max_frame {
             return Err(ConnectError::new(
                 Code::ResourceExhausted,
-                format!("message of {len} bytes exceeds the limit of {} bytes", self.max_frame),
+                format!(
+                    "message of {len} bytes exceeds the limit of {} bytes",
+                    self.max_frame
+                ),
             ));
         }
         if flags & FLAG_COMPRESSED != 0 {
-            return Err(ConnectError::new(Code::Unimplemented, "compressed messages are not supported"));
+            return Err(ConnectError::new(
+                Code::Unimplemented,
+                "compressed messages are not supported",
+            ));
         }
         if self.buf.len() < ENVELOPE_HEADER + len {
             return Ok(None);
@@ -381,29 +404,44 @@ mod tests {
 
         // bytes are base64, sint32 a number, zero values omitted, enums by name.
         let ev = process::ProcessEvent {
-            event: Some(process::process_event::Event::Data(process::process_event::DataEvent {
-                output: Some(process::process_event::data_event::Output::Stdout(Bytes::from_static(b"hi\n"))),
-            })),
+            event: Some(process::process_event::Event::Data(
+                process::process_event::DataEvent {
+                    output: Some(process::process_event::data_event::Output::Stdout(
+                        Bytes::from_static(b"hi\n"),
+                    )),
+                },
+            )),
         };
         let json = String::from_utf8(Codec::Json.encode(&ev).to_vec()).unwrap();
         assert_eq!(json, r#"{"data":{"stdout":"aGkK"}}"#);
 
-        let end = process::process_event::EndEvent { exit_code: -1, exited: false, status: "signal: killed".into(), error: None };
+        let end = process::process_event::EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "signal: killed".into(),
+            error: None,
+        };
         let json = String::from_utf8(Codec::Json.encode(&end).to_vec()).unwrap();
         assert_eq!(json, r#"{"exitCode":-1,"status":"signal: killed"}"#);
 
-        let sig: process::SendSignalRequest =
-            Codec::Json.decode(br#"{"process":{"pid":5},"signal":"SIGNAL_SIGKILL"}"#).unwrap();
+        let sig: process::SendSignalRequest = Codec::Json
+            .decode(br#"{"process":{"pid":5},"signal":"SIGNAL_SIGKILL"}"#)
+            .unwrap();
         assert_eq!(sig.signal(), process::Signal::Sigkill);
 
-        let snake: crate::filesystem::ListDirRequest = Codec::Json.decode(br#"{"path":"/tmp","depth":2}"#).unwrap();
+        let snake: crate::filesystem::ListDirRequest =
+            Codec::Json.decode(br#"{"path":"/tmp","depth":2}"#).unwrap();
         assert_eq!(snake.depth, 2);
-        let w: crate::filesystem::CreateWatcherRequest =
-            Codec::Json.decode(br#"{"path":"/x","include_entry":true,"allowNetworkMounts":true}"#).unwrap();
+        let w: crate::filesystem::CreateWatcherRequest = Codec::Json
+            .decode(br#"{"path":"/x","include_entry":true,"allowNetworkMounts":true}"#)
+            .unwrap();
         assert!(w.include_entry && w.allow_network_mounts);
 
         // int64 as a string.
-        let e = crate::filesystem::EntryInfo { size: 5, ..Default::default() };
+        let e = crate::filesystem::EntryInfo {
+            size: 5,
+            ..Default::default()
+        };
         let json = String::from_utf8(Codec::Json.encode(&e).to_vec()).unwrap();
         assert!(json.contains(r#""size":"5""#), "{json}");
         let back: crate::filesystem::EntryInfo = Codec::Json.decode(br#"{"size":"7"}"#).unwrap();
@@ -415,7 +453,9 @@ mod tests {
     #[test]
     fn proto_codec_round_trip() {
         let req = process::ConnectRequest {
-            process: Some(process::ProcessSelector { selector: Some(process::process_selector::Selector::Tag("t".into())) }),
+            process: Some(process::ProcessSelector {
+                selector: Some(process::process_selector::Selector::Tag("t".into())),
+            }),
         };
         let bytes = Codec::Proto.encode(&req);
         let back: process::ConnectRequest = Codec::Proto.decode(&bytes).unwrap();

@@ -28,7 +28,8 @@ pub mod filesystem {
 
 /// The compiled `FileDescriptorSet` of `proto/`, for the drift test that
 /// compares it with the descriptors shipped in the e2b SDK.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envd_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envd_descriptor.bin"));
 
 /// The envd version Hutch's guest advertises. The SDKs gate features on it
 /// (see shared/protocols/e2b.md §3); everything up to this version is served.

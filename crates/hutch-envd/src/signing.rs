@@ -36,7 +36,10 @@ pub fn sign(path: &str, op: Operation, user: &str, token: &str, expires: Option<
         h.update(b":");
         h.update(exp.to_string().as_bytes());
     }
-    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(h.finalize()))
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(h.finalize())
+    )
 }
 
 /// Why a signed URL was refused.
@@ -61,12 +64,19 @@ pub fn verify(
     now_unix: i64,
 ) -> Result<(), SignatureError> {
     let expires = match expiration {
-        Some(s) => Some(s.parse::<i64>().map_err(|_| SignatureError::BadExpiration)?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| SignatureError::BadExpiration)?,
+        ),
         None => None,
     };
     let want = sign(path, op, user, token, expires);
     let equal = want.len() == signature.len()
-        && want.bytes().zip(signature.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && want
+            .bytes()
+            .zip(signature.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !equal {
         return Err(SignatureError::Mismatch);
     }
@@ -85,7 +95,10 @@ mod tests {
         let s = sign("/a.txt", Operation::Read, "", "tok", Some(100));
         assert!(s.starts_with("v1_"));
         assert!(!s.contains('='));
-        assert_eq!(verify("/a.txt", Operation::Read, "", "tok", &s, Some("100"), 50), Ok(()));
+        assert_eq!(
+            verify("/a.txt", Operation::Read, "", "tok", &s, Some("100"), 50),
+            Ok(())
+        );
         assert_eq!(
             verify("/a.txt", Operation::Read, "", "tok", &s, Some("100"), 101),
             Err(SignatureError::Expired)
@@ -103,7 +116,18 @@ mod tests {
             Err(SignatureError::BadExpiration)
         );
         let no_exp = sign("/a.txt", Operation::Write, "user", "tok", None);
-        assert_eq!(verify("/a.txt", Operation::Write, "user", "tok", &no_exp, None, 1 << 40), Ok(()));
+        assert_eq!(
+            verify(
+                "/a.txt",
+                Operation::Write,
+                "user",
+                "tok",
+                &no_exp,
+                None,
+                1 << 40
+            ),
+            Ok(())
+        );
     }
 
     /// Same input as the SDK's `get_signature` (python: e2b/sandbox/signature.py):
@@ -112,7 +136,13 @@ mod tests {
     fn matches_known_vector() {
         // printf '/home/user/f:write:user:secret:1700000000' | sha256sum | xxd -r -p | base64 | tr -d =
         assert_eq!(
-            sign("/home/user/f", Operation::Write, "user", "secret", Some(1_700_000_000)),
+            sign(
+                "/home/user/f",
+                Operation::Write,
+                "user",
+                "secret",
+                Some(1_700_000_000)
+            ),
             format!("v1_{}", KNOWN)
         );
     }

@@ -51,7 +51,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_message: 4 << 20, max_error_message: 1024 }
+        Limits {
+            max_message: 4 << 20,
+            max_error_message: 1024,
+        }
     }
 }
 
@@ -103,7 +106,11 @@ impl hyper::rt::Read for UnixIo {
 }
 
 impl hyper::rt::Write for UnixIo {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -140,6 +147,8 @@ pub struct GuestClient {
     base: String,
     token: Option<String>,
     limits: Limits,
+    /// Extra headers sent on every call (e.g. `Authorization: Basic` naming the user).
+    headers: http::HeaderMap,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -150,14 +159,27 @@ impl GuestClient {
     pub fn new(endpoint: Endpoint) -> GuestClient {
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(Duration::from_secs(30)).pool_max_idle_per_host(8);
+            b.pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(8);
             b
         };
         let (transport, base) = match endpoint {
-            Endpoint::Unix(p) => (Transport::Unix(builder().build(UnixConnector(p))), "http://guest".to_owned()),
-            Endpoint::Tcp(a) => (Transport::Tcp(builder().build_http()), format!("http://{a}")),
+            Endpoint::Unix(p) => (
+                Transport::Unix(builder().build(UnixConnector(p))),
+                "http://guest".to_owned(),
+            ),
+            Endpoint::Tcp(a) => (
+                Transport::Tcp(builder().build_http()),
+                format!("http://{a}"),
+            ),
         };
-        GuestClient { transport, base, token: None, limits: Limits::default() }
+        GuestClient {
+            transport,
+            base,
+            token: None,
+            limits: Limits::default(),
+            headers: http::HeaderMap::new(),
+        }
     }
 
     /// Sends `X-Access-Token` on every call.
@@ -171,15 +193,30 @@ impl GuestClient {
         self
     }
 
+    /// Sends `name: value` on every call; e.g. `Authorization: Basic
+    /// base64(user:)`, which the guest reads as the user to act as.
+    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
     fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
-        let mut b = Request::builder().method(method).uri(format!("{}{}", self.base, path_and_query));
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path_and_query));
         if let Some(t) = &self.token {
             b = b.header("x-access-token", t);
+        }
+        for (name, value) in &self.headers {
+            b = b.header(name, value);
         }
         b
     }
 
-    async fn send(&self, req: Request<Body>) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+    async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         match &self.transport {
             Transport::Unix(c) => c.request(req).await,
             Transport::Tcp(c) => c.request(req).await,
@@ -188,14 +225,20 @@ impl GuestClient {
     }
 
     /// Reads at most `limit` bytes of a body; more is a protocol error.
-    async fn read_bounded(&self, body: hyper::body::Incoming, limit: usize) -> Result<Bytes, ClientError> {
+    async fn read_bounded(
+        &self,
+        body: hyper::body::Incoming,
+        limit: usize,
+    ) -> Result<Bytes, ClientError> {
         let mut out = bytes::BytesMut::new();
         let mut stream = BodyStream::new(body);
         while let Some(frame) = stream.next().await {
             let frame = frame.map_err(ClientError::Body)?;
             if let Ok(data) = frame.into_data() {
                 if out.len() + data.len() > limit {
-                    return Err(ClientError::Protocol(format!("reply larger than {limit} bytes")));
+                    return Err(ClientError::Protocol(format!(
+                        "reply larger than {limit} bytes"
+                    )));
                 }
                 out.extend_from_slice(&data);
             }
@@ -211,12 +254,23 @@ impl GuestClient {
             e.message = truncate(e.message, self.limits.max_error_message);
             return ClientError::Rpc(e);
         }
-        ClientError::Http { status, message: truncate(String::from_utf8_lossy(&raw).into_owned(), self.limits.max_error_message) }
+        ClientError::Http {
+            status,
+            message: truncate(
+                String::from_utf8_lossy(&raw).into_owned(),
+                self.limits.max_error_message,
+            ),
+        }
     }
 
     /// `GET /health`: Ok once the guest serves.
     pub async fn health(&self) -> Result<(), ClientError> {
-        let resp = self.send(self.request(Method::GET, "/health").body(full(Bytes::new()))?).await?;
+        let resp = self
+            .send(
+                self.request(Method::GET, "/health")
+                    .body(full(Bytes::new()))?,
+            )
+            .await?;
         let status = resp.status();
         if status.is_success() {
             Ok(())
@@ -234,7 +288,10 @@ impl GuestClient {
         let body = Codec::Json.encode(req);
         let http = self
             .request(Method::POST, &format!("/{method}"))
-            .header(header::CONTENT_TYPE, Codec::Json.content_type(CallKind::Unary))
+            .header(
+                header::CONTENT_TYPE,
+                Codec::Json.content_type(CallKind::Unary),
+            )
             .header("connect-protocol-version", "1")
             .body(full(body))?;
         let resp = self.send(http).await?;
@@ -242,13 +299,21 @@ impl GuestClient {
         if !status.is_success() {
             return Err(self.http_error(status, resp.into_body()).await);
         }
-        let raw = self.read_bounded(resp.into_body(), self.limits.max_message).await?;
-        Codec::Json.decode(&raw).map_err(|e| ClientError::Protocol(e.message))
+        let raw = self
+            .read_bounded(resp.into_body(), self.limits.max_message)
+            .await?;
+        Codec::Json
+            .decode(&raw)
+            .map_err(|e| ClientError::Protocol(e.message))
     }
 
     /// A server-streaming call; the stream yields messages until the
     /// end-of-stream envelope.
-    pub async fn server_stream<Req, Resp>(&self, method: &str, req: &Req) -> Result<ReplyStream<Resp>, ClientError>
+    pub async fn server_stream<Req, Resp>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<ReplyStream<Resp>, ClientError>
     where
         Req: prost::Message + Serialize,
         Resp: prost::Message + DeserializeOwned + Default,
@@ -256,7 +321,10 @@ impl GuestClient {
         let body = envelope(0, &Codec::Json.encode(req));
         let http = self
             .request(Method::POST, &format!("/{method}"))
-            .header(header::CONTENT_TYPE, Codec::Json.content_type(CallKind::Stream))
+            .header(
+                header::CONTENT_TYPE,
+                Codec::Json.content_type(CallKind::Stream),
+            )
             .header("connect-protocol-version", "1")
             .body(full(body))?;
         let resp = self.send(http).await?;
@@ -279,25 +347,39 @@ impl GuestClient {
         path: &str,
         user: Option<&str>,
     ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
-        let resp = self.send(self.request(Method::GET, &files_query(path, user)).body(full(Bytes::new()))?).await?;
+        let resp = self
+            .send(
+                self.request(Method::GET, &files_query(path, user))
+                    .body(full(Bytes::new()))?,
+            )
+            .await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.http_error(status, resp.into_body()).await);
         }
-        Ok(BodyStream::new(resp.into_body()).filter_map(|f| async move {
-            match f {
-                Ok(frame) => frame.into_data().ok().map(Ok),
-                Err(e) => Some(Err(ClientError::Body(e))),
-            }
-        }))
+        Ok(
+            BodyStream::new(resp.into_body()).filter_map(|f| async move {
+                match f {
+                    Ok(frame) => frame.into_data().ok().map(Ok),
+                    Err(e) => Some(Err(ClientError::Body(e))),
+                }
+            }),
+        )
     }
 
     /// `POST /files?path=` with an octet-stream body, streamed.
-    pub async fn upload<S>(&self, path: &str, user: Option<&str>, body: S) -> Result<(), ClientError>
+    pub async fn upload<S>(
+        &self,
+        path: &str,
+        user: Option<&str>,
+        body: S,
+    ) -> Result<(), ClientError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
     {
-        let body = BodyExt::boxed(http_body_util::StreamBody::new(body.map(|r| r.map(hyper::body::Frame::data))));
+        let body = BodyExt::boxed(http_body_util::StreamBody::new(
+            body.map(|r| r.map(hyper::body::Frame::data)),
+        ));
         let http = self
             .request(Method::POST, &files_query(path, user))
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -314,9 +396,15 @@ impl GuestClient {
 
 fn files_query(path: &str, user: Option<&str>) -> String {
     use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-    let mut q = format!("/files?path={}", utf8_percent_encode(path, NON_ALPHANUMERIC));
+    let mut q = format!(
+        "/files?path={}",
+        utf8_percent_encode(path, NON_ALPHANUMERIC)
+    );
     if let Some(u) = user {
-        q.push_str(&format!("&username={}", utf8_percent_encode(u, NON_ALPHANUMERIC)));
+        q.push_str(&format!(
+            "&username={}",
+            utf8_percent_encode(u, NON_ALPHANUMERIC)
+        ));
     }
     q
 }
@@ -360,7 +448,10 @@ impl<M: prost::Message + DeserializeOwned + Default> ReplyStream<M> {
                         }
                     };
                 }
-                return Codec::Json.decode(&frame.payload).map(Some).map_err(|e| ClientError::Protocol(e.message));
+                return Codec::Json
+                    .decode(&frame.payload)
+                    .map(Some)
+                    .map_err(|e| ClientError::Protocol(e.message));
             }
             match self.body.next().await {
                 Some(Ok(frame)) => {

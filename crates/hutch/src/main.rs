@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use cli::{Api, Global, SandboxCmd, TemplateCmd};
 
 #[derive(Parser)]
-#[command(name = "hutch", version, about = "Run untrusted code in isolated sandboxes")]
+#[command(
+    name = "hutch",
+    version,
+    about = "Run untrusted code in isolated sandboxes"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -35,7 +39,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hutch: starting: {e}");

@@ -8,7 +8,11 @@ use serde::de::DeserializeOwned;
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("{message} ({code}, HTTP {status})")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("cannot reach the Hutch API at {url}: {source}")]
     Unreachable {
         url: String,
@@ -29,7 +33,10 @@ pub enum CliError {
 
 impl CliError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> CliError {
-        CliError::Io { context: context.into(), source }
+        CliError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -42,7 +49,11 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: &str, key: Option<String>) -> Api {
-        Api { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_owned(), key }
+        Api {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+        }
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -55,7 +66,10 @@ impl Api {
 
     /// Sends a request; a non-2xx reply becomes [`CliError::Api`].
     pub async fn send(&self, req: RequestBuilder) -> Result<Response, CliError> {
-        let resp = req.send().await.map_err(|source| CliError::Unreachable { url: self.base.clone(), source })?;
+        let resp = req.send().await.map_err(|source| CliError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -64,7 +78,9 @@ impl Api {
 
     pub async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, CliError> {
         let resp = self.send(req).await?;
-        resp.json().await.map_err(|e| CliError::Protocol(e.to_string()))
+        resp.json()
+            .await
+            .map_err(|e| CliError::Protocol(e.to_string()))
     }
 
     /// The WebSocket URL of an API path.
@@ -90,13 +106,29 @@ pub async fn api_error(resp: Response) -> CliError {
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(v) => CliError::Api {
             status: status.as_u16(),
-            code: v.get("code").and_then(|c| c.as_str()).unwrap_or("error").to_owned(),
-            message: v.get("message").and_then(|m| m.as_str()).unwrap_or("request failed").to_owned(),
+            code: v
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("error")
+                .to_owned(),
+            message: v
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("request failed")
+                .to_owned(),
         },
         Err(_) => CliError::Api {
             status: status.as_u16(),
-            code: status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "_"),
-            message: if text.is_empty() { "request failed".into() } else { text.chars().take(200).collect() },
+            code: status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_lowercase()
+                .replace(' ', "_"),
+            message: if text.is_empty() {
+                "request failed".into()
+            } else {
+                text.chars().take(200).collect()
+            },
         },
     }
 }

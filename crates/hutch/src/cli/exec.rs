@@ -40,7 +40,9 @@ const MAX_STDIN: u64 = 16 << 20;
 
 pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
     let mut body = json!({ "cmd": a.cmd });
-    let obj = body.as_object_mut().ok_or_else(|| CliError::Usage("internal".into()))?;
+    let obj = body
+        .as_object_mut()
+        .ok_or_else(|| CliError::Usage("internal".into()))?;
     if !a.env.is_empty() {
         obj.insert("env".into(), json!(parse_pairs(&a.env, "--env")?));
     }
@@ -60,18 +62,27 @@ pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
             .read_to_string(&mut input)
             .map_err(|e| CliError::io("reading standard input (it must be UTF-8 text)", e))?;
         if input.len() as u64 > MAX_STDIN {
-            return Err(CliError::Usage(format!("standard input is larger than {} MiB", MAX_STDIN >> 20)));
+            return Err(CliError::Usage(format!(
+                "standard input is larger than {} MiB",
+                MAX_STDIN >> 20
+            )));
         }
         obj.insert("stdin".into(), json!(input));
     }
-    let resp = api.send(api.request(Method::POST, &format!("/v1/sandboxes/{}/exec", q(&a.id))).json(&body)).await?;
+    let resp = api
+        .send(
+            api.request(Method::POST, &format!("/v1/sandboxes/{}/exec", q(&a.id)))
+                .json(&body),
+        )
+        .await?;
     let mut stream = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut code: Option<i32> = None;
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| CliError::Protocol(format!("the output stream broke: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| CliError::Protocol(format!("the output stream broke: {e}")))?;
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
@@ -107,7 +118,10 @@ pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
                     });
                 }
                 Some("error") => {
-                    let msg = ev.get("message").and_then(|m| m.as_str()).unwrap_or("exec failed");
+                    let msg = ev
+                        .get("message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("exec failed");
                     return Err(CliError::Protocol(msg.to_owned()));
                 }
                 _ => {}

@@ -18,7 +18,12 @@ pub use client::{Api, CliError};
 #[derive(Debug, Clone, Args)]
 pub struct Global {
     /// The Hutch API.
-    #[arg(long, env = "HUTCH_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "HUTCH_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// API key (sent as `Authorization: Bearer`).
     #[arg(long, env = "HUTCH_API_KEY", hide_env_values = true, global = true)]
@@ -72,7 +77,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
@@ -84,17 +93,28 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 pub async fn template_cmd(api: &Api, g: &Global, cmd: TemplateCmd) -> Result<i32, CliError> {
     match cmd {
         TemplateCmd::Ls => {
-            let v: serde_json::Value = api.json(api.request(reqwest::Method::GET, "/v1/templates")).await?;
+            let v: serde_json::Value = api
+                .json(api.request(reqwest::Method::GET, "/v1/templates"))
+                .await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                 return Ok(0);
             }
-            let items = v.get("templates").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+            let items = v
+                .get("templates")
+                .and_then(|t| t.as_array())
+                .cloned()
+                .unwrap_or_default();
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|t| {
                     let s = |k: &str| t.get(k).map(value_text).unwrap_or_default();
-                    vec![format!("{}:{}", s("name"), s("tag")), s("state"), s("owner"), s("id")]
+                    vec![
+                        format!("{}:{}", s("name"), s("tag")),
+                        s("state"),
+                        s("owner"),
+                        s("id"),
+                    ]
                 })
                 .collect();
             table(&["TEMPLATE", "STATE", "OWNER", "ID"], &rows);

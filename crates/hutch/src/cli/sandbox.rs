@@ -53,8 +53,24 @@ fn print_sandbox(g: &Global, v: &Value) {
     }
     let s = |k: &str| v.get(k).map(value_text).unwrap_or_default();
     table(
-        &["ID", "STATE", "TEMPLATE", "CPU", "MEMORY_MB", "DISK_MB", "EXPIRES_AT"],
-        &[vec![s("id"), s("state"), s("template"), s("cpu"), s("memory_mb"), s("disk_mb"), s("expires_at")]],
+        &[
+            "ID",
+            "STATE",
+            "TEMPLATE",
+            "CPU",
+            "MEMORY_MB",
+            "DISK_MB",
+            "EXPIRES_AT",
+        ],
+        &[vec![
+            s("id"),
+            s("state"),
+            s("template"),
+            s("cpu"),
+            s("memory_mb"),
+            s("disk_mb"),
+            s("expires_at"),
+        ]],
     );
 }
 
@@ -62,11 +78,18 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
     match cmd {
         SandboxCmd::Create(a) => {
             let mut body = json!({ "template": a.template });
-            let obj = body.as_object_mut().ok_or_else(|| CliError::Usage("internal".into()))?;
+            let obj = body
+                .as_object_mut()
+                .ok_or_else(|| CliError::Usage("internal".into()))?;
             if let Some(v) = a.cpu {
                 obj.insert("cpu".into(), json!(v));
             }
-            for (k, v) in [("memory_mb", a.memory_mb), ("disk_mb", a.disk_mb), ("pids", a.pids), ("timeout_s", a.timeout)] {
+            for (k, v) in [
+                ("memory_mb", a.memory_mb),
+                ("disk_mb", a.disk_mb),
+                ("pids", a.pids),
+                ("timeout_s", a.timeout),
+            ] {
                 if let Some(v) = v {
                     obj.insert(k.into(), json!(v));
                 }
@@ -78,9 +101,14 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
                 obj.insert("env".into(), json!(parse_pairs(&a.env, "--env")?));
             }
             if !a.metadata.is_empty() {
-                obj.insert("metadata".into(), json!(parse_pairs(&a.metadata, "--metadata")?));
+                obj.insert(
+                    "metadata".into(),
+                    json!(parse_pairs(&a.metadata, "--metadata")?),
+                );
             }
-            let v: Value = api.json(api.request(Method::POST, "/v1/sandboxes").json(&body)).await?;
+            let v: Value = api
+                .json(api.request(Method::POST, "/v1/sandboxes").json(&body))
+                .await?;
             if g.json {
                 print_sandbox(g, &v);
             } else {
@@ -98,7 +126,9 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
                 }
                 for m in &a.metadata {
                     if !m.contains('=') {
-                        return Err(CliError::Usage(format!("--metadata {m:?} is not KEY=VALUE")));
+                        return Err(CliError::Usage(format!(
+                            "--metadata {m:?} is not KEY=VALUE"
+                        )));
                     }
                     path.push_str(&format!("&metadata={}", q(m)));
                 }
@@ -106,14 +136,25 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
                     path.push_str(&format!("&cursor={}", q(c)));
                 }
                 let page: Value = api.json(api.request(Method::GET, &path)).await?;
-                all.extend(page.get("sandboxes").and_then(|s| s.as_array()).cloned().unwrap_or_default());
-                cursor = page.get("next_cursor").and_then(|c| c.as_str()).map(str::to_owned);
+                all.extend(
+                    page.get("sandboxes")
+                        .and_then(|s| s.as_array())
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                cursor = page
+                    .get("next_cursor")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned);
                 if cursor.is_none() {
                     break;
                 }
             }
             if g.json {
-                println!("{}", serde_json::to_string_pretty(&json!({ "sandboxes": all })).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "sandboxes": all })).unwrap_or_default()
+                );
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = all
@@ -127,14 +168,19 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
             Ok(0)
         }
         SandboxCmd::Get { id } => {
-            let v: Value = api.json(api.request(Method::GET, &format!("/v1/sandboxes/{}", q(&id)))).await?;
+            let v: Value = api
+                .json(api.request(Method::GET, &format!("/v1/sandboxes/{}", q(&id))))
+                .await?;
             print_sandbox(g, &v);
             Ok(0)
         }
         SandboxCmd::Rm { ids } => {
             let mut failed = 0;
             for id in ids {
-                match api.send(api.request(Method::DELETE, &format!("/v1/sandboxes/{}", q(&id)))).await {
+                match api
+                    .send(api.request(Method::DELETE, &format!("/v1/sandboxes/{}", q(&id))))
+                    .await
+                {
                     Ok(_) => {
                         if !g.json {
                             println!("{id}");

@@ -40,7 +40,8 @@ impl RawMode {
         };
         let mut raw = saved.clone();
         raw.make_raw();
-        if rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).is_err() {
+        if rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw).is_err()
+        {
             return RawMode { saved: None };
         }
         RawMode { saved: Some(saved) }
@@ -50,7 +51,11 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         if let Some(t) = &self.saved {
-            let _ = rustix::termios::tcsetattr(std::io::stdin(), rustix::termios::OptionalActions::Now, t);
+            let _ = rustix::termios::tcsetattr(
+                std::io::stdin(),
+                rustix::termios::OptionalActions::Now,
+                t,
+            );
         }
     }
 }
@@ -79,7 +84,8 @@ pub async fn run(api: &Api, _g: &Global, a: ShellArgs) -> Result<i32, CliError> 
         .into_client_request()
         .map_err(|e| CliError::Usage(format!("bad URL: {e}")))?;
     if let Some(k) = api.key() {
-        let v = HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| CliError::Usage("bad API key".into()))?;
+        let v = HeaderValue::from_str(&format!("Bearer {k}"))
+            .map_err(|_| CliError::Usage("bad API key".into()))?;
         req.headers_mut().insert("authorization", v);
     }
     let (ws, _) = match tokio_tungstenite::connect_async(req).await {
@@ -89,8 +95,16 @@ pub async fn run(api: &Api, _g: &Global, a: ShellArgs) -> Result<i32, CliError> 
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             return Err(CliError::Api {
                 status: resp.status().as_u16(),
-                code: v.get("code").and_then(|c| c.as_str()).unwrap_or("error").to_owned(),
-                message: v.get("message").and_then(|m| m.as_str()).unwrap_or("cannot open the terminal").to_owned(),
+                code: v
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("error")
+                    .to_owned(),
+                message: v
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("cannot open the terminal")
+                    .to_owned(),
             });
         }
         Err(e) => return Err(CliError::Protocol(format!("opening the terminal: {e}"))),
