@@ -1,0 +1,448 @@
+//! Prepare, tear down and clean up per-sandbox root filesystems (see the
+//! crate docs for the layout and the steps).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::ops::{HostOps, OpError, OverlaySpec};
+
+/// Smallest and largest accepted `disk_mb`.
+const MIN_DISK_MB: u64 = 8;
+const MAX_DISK_MB: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("invalid sandbox id {0:?} (lowercase letters and digits only)")]
+    InvalidId(String),
+    #[error("disk_mb {0} outside {MIN_DISK_MB}..={MAX_DISK_MB}")]
+    InvalidDiskSize(u64),
+    #[error("lower layer {0} is not an absolute directory")]
+    InvalidLower(PathBuf),
+    #[error("rootfs state {0} already exists")]
+    Exists(PathBuf),
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Host(#[from] OpError),
+    #[error("{path} still has mounts after unmounting ({left:?}); not removing it")]
+    StillMounted { path: PathBuf, left: Vec<PathBuf> },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RootfsError {
+    let path = path.to_path_buf();
+    move |source| RootfsError::Io { op, path, source }
+}
+
+/// What a sandbox's root filesystem is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareSpec {
+    /// Read-only template layer directories, top-most first.
+    pub lower: Vec<PathBuf>,
+    /// Size bound of everything the sandbox writes; `None` puts the upper dir
+    /// on the host filesystem, unbounded (tests, trusted builds).
+    pub disk_mb: Option<u64>,
+}
+
+/// A prepared root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The overlay mount point: the OCI bundle's `root.path`.
+    pub rootfs: PathBuf,
+    pub state_dir: PathBuf,
+    /// The loop device holding the upper dir, if `disk_mb` was given.
+    pub loop_device: Option<PathBuf>,
+}
+
+/// Sandbox ids as DESIGN.md §1 defines them: lowercase letters and digits.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Owns `<root>/<id>` for every sandbox on this host.
+pub struct RootfsManager<O: HostOps> {
+    root: PathBuf,
+    ops: O,
+}
+
+impl<O: HostOps> RootfsManager<O> {
+    /// Creates `root` (0700) if needed. Blocking.
+    pub fn new(root: impl Into<PathBuf>, ops: O) -> Result<Self, RootfsError> {
+        let root = root.into();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+            .map_err(io_err("create rootfs root", &root))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod rootfs root", &root))?;
+        Ok(RootfsManager { root, ops })
+    }
+
+    pub fn ops(&self) -> &O {
+        &self.ops
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `<root>/<id>`, after validating the id.
+    pub fn state_dir(&self, id: &str) -> Result<PathBuf, RootfsError> {
+        if !valid_id(id) {
+            return Err(RootfsError::InvalidId(id.to_string()));
+        }
+        Ok(self.root.join(id))
+    }
+
+    /// Prepares the root filesystem of sandbox `id`; on failure nothing is
+    /// left behind. Blocking.
+    pub fn prepare(&self, id: &str, spec: &PrepareSpec) -> Result<Prepared, RootfsError> {
+        let state = self.state_dir(id)?;
+        if let Some(mb) = spec.disk_mb
+            && !(MIN_DISK_MB..=MAX_DISK_MB).contains(&mb)
+        {
+            return Err(RootfsError::InvalidDiskSize(mb));
+        }
+        for l in &spec.lower {
+            if !l.is_absolute() || !l.is_dir() {
+                return Err(RootfsError::InvalidLower(l.clone()));
+            }
+        }
+        match fs::DirBuilder::new().mode(0o700).create(&state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RootfsError::Exists(state));
+            }
+            Err(e) => return Err(io_err("create state dir", &state)(e)),
+        }
+        match self.prepare_in(&state, spec) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                if let Err(undo) = self.teardown(id) {
+                    tracing::error!(sandbox = id, error = %undo, "undoing a failed rootfs prepare");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare_in(&self, state: &Path, spec: &PrepareSpec) -> Result<Prepared, RootfsError> {
+        // R8: the state dir is 0700 whatever the umask did.
+        self.ops.set_mode(state, 0o700)?;
+        let mut loop_device = None;
+        let scratch = if let Some(mb) = spec.disk_mb {
+            let image = state.join("disk.img");
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&image)
+                .map_err(io_err("create disk image", &image))?;
+            file.set_len(mb << 20)
+                .map_err(io_err("size disk image", &image))?;
+            drop(file);
+            self.ops.mkfs_ext4(&image)?;
+            let mnt = state.join("disk");
+            mkdir(&mnt, 0o700)?;
+            // The guard keeps the (autoclear) device bound until the mount
+            // holds it; dropping it afterwards leaves the mount as the owner.
+            let attached = self.ops.loop_attach(&image)?;
+            self.ops.mount_ext4(&attached.device, &mnt)?;
+            drop(attached.guard);
+            loop_device = Some(attached.device);
+            mnt
+        } else {
+            state.to_path_buf()
+        };
+        let upper = scratch.join("upper");
+        let work = scratch.join("work");
+        mkdir(&upper, 0o755)?;
+        mkdir(&work, 0o700)?;
+        let rootfs = state.join("rootfs");
+        mkdir(&rootfs, 0o755)?;
+        self.ops.mount_overlay(&OverlaySpec {
+            lower: spec.lower.clone(),
+            upper,
+            work,
+            target: rootfs.clone(),
+        })?;
+        Ok(Prepared {
+            rootfs,
+            state_dir: state.to_path_buf(),
+            loop_device,
+        })
+    }
+
+    /// Undoes whatever exists of sandbox `id`'s root filesystem: mounts, loop
+    /// devices, files. Idempotent; works from any partial state. Blocking.
+    pub fn teardown(&self, id: &str) -> Result<(), RootfsError> {
+        let state = self.state_dir(id)?;
+        for m in self.ops.mounts_under(&state)? {
+            if let Err(e) = self.ops.unmount(&m, false) {
+                tracing::warn!(mount = %m.display(), error = %e, "busy; detaching lazily");
+                self.ops.unmount(&m, true)?;
+            }
+        }
+        for dev in self.ops.loops_backed_under(&state)? {
+            self.ops.loop_detach(&dev)?;
+        }
+        let left = self.ops.mounts_under(&state)?;
+        if !left.is_empty() {
+            return Err(RootfsError::StillMounted { path: state, left });
+        }
+        match fs::remove_dir_all(&state) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove state dir", &state)(e)),
+        }
+    }
+
+    /// Ids that have a state dir.
+    pub fn list(&self) -> Result<Vec<String>, RootfsError> {
+        let mut ids = Vec::new();
+        for e in fs::read_dir(&self.root).map_err(io_err("read", &self.root))? {
+            let e = e.map_err(io_err("read", &self.root))?;
+            if let Some(name) = e.file_name().to_str()
+                && valid_id(name)
+            {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Tears down every sandbox state under the root whose id is not in
+    /// `keep`, plus loop devices backed by images whose state dir is gone.
+    /// Returns the ids removed. Blocking.
+    pub fn cleanup_leftovers(&self, keep: &[&str]) -> Result<Vec<String>, RootfsError> {
+        let mut removed = Vec::new();
+        for id in self.list()? {
+            if keep.contains(&id.as_str()) {
+                continue;
+            }
+            tracing::info!(sandbox = %id, "removing leftover rootfs");
+            self.teardown(&id)?;
+            removed.push(id);
+        }
+        for dev in self.ops.loops_backed_under(&self.root)? {
+            let keep_dev = keep.iter().any(|k| {
+                self.ops
+                    .loops_backed_under(&self.root.join(k))
+                    .is_ok_and(|v| v.contains(&dev))
+            });
+            if !keep_dev {
+                self.ops.loop_detach(&dev)?;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), RootfsError> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .create(path)
+        .map_err(io_err("create", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", path))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ops::{Call, RecordingHostOps};
+
+    fn manager() -> (tempfile::TempDir, RootfsManager<RecordingHostOps>, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("layer");
+        fs::create_dir(&lower).unwrap();
+        let m = RootfsManager::new(dir.path().join("rootfs"), RecordingHostOps::new()).unwrap();
+        (dir, m, lower)
+    }
+
+    #[test]
+    fn prepare_with_disk_calls_in_order() {
+        let (_d, m, lower) = manager();
+        let p = m
+            .prepare(
+                "sb1",
+                &PrepareSpec {
+                    lower: vec![lower.clone()],
+                    disk_mb: Some(32),
+                },
+            )
+            .unwrap();
+        let s = m.root().join("sb1");
+        assert_eq!(p.rootfs, s.join("rootfs"));
+        assert_eq!(
+            m.ops().calls(),
+            vec![
+                Call::SetMode(s.clone(), 0o700),
+                Call::MkfsExt4(s.join("disk.img")),
+                Call::LoopAttach(s.join("disk.img")),
+                Call::MountExt4 {
+                    device: "/dev/loop0".into(),
+                    target: s.join("disk")
+                },
+                Call::MountOverlay(OverlaySpec {
+                    lower: vec![lower],
+                    upper: s.join("disk/upper"),
+                    work: s.join("disk/work"),
+                    target: s.join("rootfs"),
+                }),
+            ]
+        );
+        assert_eq!(fs::metadata(s.join("disk.img")).unwrap().len(), 32 << 20);
+        let mode = fs::metadata(&s).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn teardown_reverses_and_is_idempotent() {
+        let (_d, m, lower) = manager();
+        m.prepare(
+            "sb1",
+            &PrepareSpec {
+                lower: vec![lower],
+                disk_mb: Some(32),
+            },
+        )
+        .unwrap();
+        m.ops().clear_calls();
+        m.teardown("sb1").unwrap();
+        let s = m.root().join("sb1");
+        assert_eq!(
+            m.ops().calls(),
+            vec![
+                Call::Unmount {
+                    target: s.join("rootfs"),
+                    detach: false
+                },
+                Call::Unmount {
+                    target: s.join("disk"),
+                    detach: false
+                },
+                Call::LoopDetach("/dev/loop0".into()),
+            ]
+        );
+        assert!(!s.exists());
+        assert!(m.ops().mounted().is_empty() && m.ops().bound_loops().is_empty());
+        m.ops().clear_calls();
+        m.teardown("sb1").unwrap();
+        assert!(m.ops().calls().is_empty());
+    }
+
+    #[test]
+    fn failed_prepare_leaves_nothing() {
+        let (_d, m, lower) = manager();
+        m.ops().fail_on("MountOverlay");
+        let err = m.prepare(
+            "sb1",
+            &PrepareSpec {
+                lower: vec![lower],
+                disk_mb: Some(32),
+            },
+        );
+        assert!(err.is_err());
+        assert!(!m.root().join("sb1").exists());
+        assert!(m.ops().mounted().is_empty());
+        assert!(m.ops().bound_loops().is_empty());
+    }
+
+    #[test]
+    fn busy_mount_is_detached_lazily() {
+        let (_d, m, lower) = manager();
+        m.prepare(
+            "sb1",
+            &PrepareSpec {
+                lower: vec![lower],
+                disk_mb: None,
+            },
+        )
+        .unwrap();
+        m.ops().clear_calls();
+        m.ops().fail_on("Unmount");
+        m.teardown("sb1").unwrap();
+        let t = m.root().join("sb1/rootfs");
+        assert_eq!(
+            m.ops().calls(),
+            vec![
+                Call::Unmount {
+                    target: t.clone(),
+                    detach: false
+                },
+                Call::Unmount {
+                    target: t,
+                    detach: true
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn ids_are_validated_and_existing_state_refused() {
+        let (_d, m, lower) = manager();
+        let spec = PrepareSpec {
+            lower: vec![lower],
+            disk_mb: None,
+        };
+        for bad in ["", "../x", "SB1", "sb-1", "a/b"] {
+            assert!(
+                matches!(m.prepare(bad, &spec), Err(RootfsError::InvalidId(_))),
+                "{bad}"
+            );
+        }
+        m.prepare("sb1", &spec).unwrap();
+        assert!(matches!(
+            m.prepare("sb1", &spec),
+            Err(RootfsError::Exists(_))
+        ));
+        let tiny = PrepareSpec {
+            disk_mb: Some(1),
+            ..spec.clone()
+        };
+        assert!(matches!(
+            m.prepare("sb2", &tiny),
+            Err(RootfsError::InvalidDiskSize(1))
+        ));
+        let rel = PrepareSpec {
+            lower: vec!["rel".into()],
+            disk_mb: None,
+        };
+        assert!(matches!(
+            m.prepare("sb3", &rel),
+            Err(RootfsError::InvalidLower(_))
+        ));
+    }
+
+    #[test]
+    fn cleanup_removes_all_but_kept() {
+        let (_d, m, lower) = manager();
+        for id in ["sb1", "sb2", "sb3"] {
+            m.prepare(
+                id,
+                &PrepareSpec {
+                    lower: vec![lower.clone()],
+                    disk_mb: Some(16),
+                },
+            )
+            .unwrap();
+        }
+        let removed = m.cleanup_leftovers(&["sb2"]).unwrap();
+        assert_eq!(removed, vec!["sb1".to_string(), "sb3".to_string()]);
+        assert_eq!(m.list().unwrap(), vec!["sb2".to_string()]);
+        assert_eq!(m.ops().mounted().len(), 2);
+        assert_eq!(m.ops().bound_loops().len(), 1);
+    }
+}
