@@ -80,11 +80,13 @@ async fn a_200_mb_put_stays_within_bounded_memory() {
     eprintln!("peak heap growth during a {SIZE}-byte put: {peak} bytes");
     assert!(peak < BOUND, "peak {peak} bytes exceeds {BOUND}");
     // The counter itself works: a buffer of the whole size would be seen.
+    // Background threads of the put may still free a little meanwhile, so
+    // allow a small slack below the buffer's size.
     let base = LIVE.load(Ordering::Relaxed);
     let whole = std::hint::black_box(vec![1u8; SIZE]);
     let grown = LIVE.load(Ordering::Relaxed).saturating_sub(base);
     assert!(
-        grown >= SIZE,
+        grown >= SIZE - (1 << 20),
         "counter saw {grown} bytes for a {SIZE}-byte buffer"
     );
     drop(std::hint::black_box(whole));
