@@ -22,18 +22,34 @@ use hutch_envd::{
 
 use crate::{GuestState, users::User};
 
+/// A 401. The request body is never read here, so the connection cannot
+/// be reused: say so, or a keep-alive client sends its next request into a
+/// socket the server is closing.
 fn unauthorized(message: impl Into<String>) -> Response {
     let e = ConnectError::new(Code::Unauthenticated, message);
-    (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")], e.to_json().to_string()).into_response()
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONNECTION, "close"),
+        ],
+        e.to_json().to_string(),
+    )
+        .into_response()
 }
 
 /// The value of query parameter `name`, percent-decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_encoding::percent_decode_str(&k.replace('+', " ")).decode_utf8().ok()?.into_owned();
+        let k = percent_encoding::percent_decode_str(&k.replace('+', " "))
+            .decode_utf8()
+            .ok()?
+            .into_owned();
         (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned()
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
         })
     })
 }
@@ -43,7 +59,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware enforcing rule 1 above.
-pub async fn require_access_token(State(state): State<GuestState>, req: Request, next: Next) -> Response {
+pub async fn require_access_token(
+    State(state): State<GuestState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(token) = state.config.access_token.as_deref() else {
         return next.run(req).await;
     };
@@ -71,7 +91,15 @@ pub async fn require_access_token(State(state): State<GuestState>, req: Request,
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            return match signing::verify(&file, op, &user, token, &signature, expiration.as_deref(), now) {
+            return match signing::verify(
+                &file,
+                op,
+                &user,
+                token,
+                &signature,
+                expiration.as_deref(),
+                now,
+            ) {
                 Ok(()) => next.run(req).await,
                 Err(e) => unauthorized(format!("invalid signature: {e}")),
             };
@@ -86,8 +114,13 @@ pub struct RequestUser(pub User);
 
 /// The user named by a request, if it names one.
 pub fn requested_user_name(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))
+    if let Some(v) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(b64) = v
+            .strip_prefix("Basic ")
+            .or_else(|| v.strip_prefix("basic "))
         && let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b64.trim())
     {
         let raw = String::from_utf8_lossy(&raw);
@@ -105,7 +138,10 @@ pub fn requested_user_name(parts: &Parts) -> Option<String> {
 impl FromRequestParts<GuestState> for RequestUser {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &GuestState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &GuestState,
+    ) -> Result<Self, Self::Rejection> {
         let name = requested_user_name(parts).unwrap_or_else(|| state.config.default_user.clone());
         if name.len() > 256 {
             return Err(unauthorized("user name too long"));

@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long, env = "HUTCH_GUEST_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_message_bytes: usize,
     /// Output of one process held in memory at most, in bytes, whatever it prints (R16).
-    #[arg(long, env = "HUTCH_GUEST_MAX_OUTPUT_BUFFER", default_value_t = 256 << 10)]
+    #[arg(long, env = "HUTCH_GUEST_MAX_OUTPUT_BUFFER", default_value_t = 1 << 20)]
     pub max_output_buffer: usize,
     /// Largest upload through POST /files, in bytes (0: only the disk limits it).
     #[arg(long, env = "HUTCH_GUEST_MAX_UPLOAD_BYTES", default_value_t = 0)]
@@ -61,10 +61,20 @@ pub struct Args {
     #[arg(long, env = "HUTCH_GUEST_ETC_ROOT", default_value = "/", hide = true)]
     pub etc_root: PathBuf,
     /// The sandbox's cgroup as it sees it (for OOM detection and metrics).
-    #[arg(long, env = "HUTCH_GUEST_CGROUP_ROOT", default_value = "/sys/fs/cgroup", hide = true)]
+    #[arg(
+        long,
+        env = "HUTCH_GUEST_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup",
+        hide = true
+    )]
     pub cgroup_root: PathBuf,
     /// Where /proc is mounted (for metrics).
-    #[arg(long, env = "HUTCH_GUEST_PROC_ROOT", default_value = "/proc", hide = true)]
+    #[arg(
+        long,
+        env = "HUTCH_GUEST_PROC_ROOT",
+        default_value = "/proc",
+        hide = true
+    )]
     pub proc_root: PathBuf,
     /// Seconds to wait for children after SIGTERM before exiting.
     #[arg(long, env = "HUTCH_GUEST_STOP_GRACE_SECS", default_value_t = 5)]
@@ -115,7 +125,9 @@ pub enum ConfigError {
 }
 
 fn parse_env(line: &str) -> Result<(String, String), ConfigError> {
-    let (k, v) = line.split_once('=').ok_or_else(|| ConfigError::Env(line.to_owned()))?;
+    let (k, v) = line
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Env(line.to_owned()))?;
     let valid = !k.is_empty()
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -131,12 +143,23 @@ impl Config {
         let listen = if a.listen.eq_ignore_ascii_case("none") {
             None
         } else {
-            Some(a.listen.parse().map_err(|_| ConfigError::Listen(a.listen.clone()))?)
+            Some(
+                a.listen
+                    .parse()
+                    .map_err(|_| ConfigError::Listen(a.listen.clone()))?,
+            )
         };
         let mut envs = BTreeMap::new();
         if let Some(path) = &a.env_file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
                 let (k, v) = parse_env(line)?;
                 envs.insert(k, v);
             }
@@ -149,7 +172,10 @@ impl Config {
             (Some(t), _) => Some(t.clone()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?
+                    .map_err(|source| ConfigError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
                     .trim()
                     .to_owned(),
             ),
@@ -209,7 +235,14 @@ mod tests {
 
     #[test]
     fn listen_none_and_limits() {
-        let c = Config::from_args(Args::parse_from(["g", "--listen", "none", "--listen-unix", "/tmp/x.sock"])).unwrap();
+        let c = Config::from_args(Args::parse_from([
+            "g",
+            "--listen",
+            "none",
+            "--listen-unix",
+            "/tmp/x.sock",
+        ]))
+        .unwrap();
         assert!(c.listen.is_none());
         assert!(Config::from_args(Args::parse_from(["g", "--listen", "nope"])).is_err());
         assert!(Config::from_args(Args::parse_from(["g", "--max-message-bytes", "10"])).is_err());

@@ -9,6 +9,8 @@ pub async fn health() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-pub async fn envs(State(state): State<GuestState>) -> Json<std::collections::BTreeMap<String, String>> {
+pub async fn envs(
+    State(state): State<GuestState>,
+) -> Json<std::collections::BTreeMap<String, String>> {
     Json(state.config.envs.clone())
 }

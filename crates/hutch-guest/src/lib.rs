@@ -51,7 +51,12 @@ impl GuestState {
         let reaper = reaper::Reaper::start()?;
         let processes = Arc::new(process::Processes::new(config.clone(), reaper.clone()));
         let watchers = Arc::new(fs::Watchers::new(config.clone()));
-        Ok(GuestState { config, reaper, processes, watchers })
+        Ok(GuestState {
+            config,
+            reaper,
+            processes,
+            watchers,
+        })
     }
 }
 
@@ -64,6 +69,9 @@ pub fn router(state: GuestState) -> Router {
         .merge(files::routes())
         .merge(process::routes())
         .merge(fs::routes())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_access_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_access_token,
+        ))
         .with_state(state)
 }

@@ -23,7 +23,11 @@ fn main() -> ExitCode {
         .init();
     // One thread: the guest idles in every sandbox, so its footprint matters
     // more than parallelism; blocking file work goes to the blocking pool.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(16).build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("hutch-guest: starting the runtime: {e}");
@@ -78,7 +82,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Stopping: pass SIGTERM on, give the children the grace period, then go.
     if std::process::id() == 1 {
         // As PID 1 of a PID namespace, kill(-1) reaches every other process in it.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-1),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     } else {
         processes.signal_all(nix::sys::signal::Signal::SIGTERM);
     }

@@ -11,6 +11,13 @@
 //!    reaper task takes the lock and calls `waitpid(-1, WNOHANG)` until no
 //!    child is left to reap: a known pid gets its status sent to its owner,
 //!    an orphan is simply reaped (no zombies pile up).
+//! 3. When the guest is not PID 1 it makes itself a child subreaper, so the
+//!    orphans of the commands it started are reparented to it and reaped
+//!    here too, just as they would be by a PID 1 guest.
+//! 4. [`Reaper::kill_group`] signals a child's process group under the same
+//!    lock, and only while the child is unreaped: the pid (and the group the
+//!    child leads) cannot have been reused, because a pid is only freed by
+//!    our own `waitpid`, which runs under that lock (R13).
 
 use std::{
     collections::HashMap,
@@ -49,7 +56,15 @@ impl Reaper {
     /// Starts the reaper task. Must be called inside a tokio runtime.
     pub fn start() -> std::io::Result<Reaper> {
         let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
-        let reaper = Reaper { waiters: Arc::default(), live: watch::Sender::new(0) };
+        let reaper = Reaper {
+            waiters: Arc::default(),
+            live: watch::Sender::new(0),
+        };
+        if std::process::id() != 1
+            && let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        {
+            tracing::warn!(error = %e, "cannot become a child subreaper; orphans of commands go to init");
+        }
         let r = reaper.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -69,9 +84,13 @@ impl Reaper {
         loop {
             let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, core_dumped)) => {
-                    (pid, Exit::Signal { signal: sig as i32, core_dumped })
-                }
+                Ok(WaitStatus::Signaled(pid, sig, core_dumped)) => (
+                    pid,
+                    Exit::Signal {
+                        signal: sig as i32,
+                        core_dumped,
+                    },
+                ),
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(_) => continue,
                 Err(Errno::EINTR) => continue,
@@ -100,6 +119,28 @@ impl Reaper {
         waiters.insert(pid as i32, tx);
         self.live.send_modify(|n| *n += 1);
         Ok((pid, rx))
+    }
+
+    /// Sends `sig` to the process group led by `pid`, a child spawned
+    /// through this reaper (with `setsid`, so its pgid is its pid).
+    ///
+    /// Returns `Ok(false)` when the child has already been reaped: then the
+    /// pid may belong to someone else and nothing is sent. While the child is
+    /// unreaped (running or a zombie) its pid and group are ours, and the
+    /// lock keeps the reaper from freeing them while we signal.
+    pub fn kill_group(&self, pid: u32, sig: nix::sys::signal::Signal) -> std::io::Result<bool> {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(raw) = i32::try_from(pid) else {
+            return Ok(false);
+        };
+        if !waiters.contains_key(&raw) {
+            return Ok(false);
+        }
+        match nix::sys::signal::killpg(Pid::from_raw(raw), sig) {
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Resolves when every child spawned through this reaper has been reaped.

@@ -23,7 +23,9 @@ use axum::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
-use hutch_envd::connect::{CallKind, Code, Codec, ConnectError, FLAG_END_STREAM, FrameDecoder, end_stream, envelope};
+use hutch_envd::connect::{
+    CallKind, Code, Codec, ConnectError, FLAG_END_STREAM, FrameDecoder, end_stream, envelope,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::mpsc;
 
@@ -47,8 +49,21 @@ impl RpcError {
 
 impl IntoResponse for RpcError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, [(header::CONTENT_TYPE, "application/json")], self.0.to_json().to_string()).into_response()
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // An error may be raised before the request body was read to its
+        // end (wrong content type, message too large): the connection cannot
+        // be reused then, so every error reply closes it. Errors are rare
+        // enough that the reconnect costs nothing measurable.
+        (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CONNECTION, "close"),
+            ],
+            self.0.to_json().to_string(),
+        )
+            .into_response()
     }
 }
 
@@ -61,12 +76,18 @@ async fn read_bounded(body: Body, limit: usize) -> Result<Bytes, RpcError> {
             Code::ResourceExhausted,
             format!("request message exceeds the limit of {limit} bytes"),
         )),
-        Err(e) => Err(RpcError::new(Code::Canceled, format!("reading the request failed: {e}"))),
+        Err(e) => Err(RpcError::new(
+            Code::Canceled,
+            format!("reading the request failed: {e}"),
+        )),
     }
 }
 
 fn codec_of(headers: &HeaderMap, want: CallKind) -> Result<Codec, RpcError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match Codec::from_content_type(ct) {
         Some((codec, kind)) if kind == want => Ok(codec),
         _ => Err(RpcError::new(
@@ -95,7 +116,10 @@ where
     async fn from_request(req: Request, state: &GuestState) -> Result<Self, Self::Rejection> {
         let codec = codec_of(req.headers(), CallKind::Unary)?;
         let body = read_bounded(req.into_body(), state.config.max_message_bytes).await?;
-        Ok(Unary { codec, msg: codec.decode(&body)? })
+        Ok(Unary {
+            codec,
+            msg: codec.decode(&body)?,
+        })
     }
 }
 
@@ -108,7 +132,10 @@ pub struct UnaryReply<M> {
 impl<M: prost::Message + Serialize> IntoResponse for UnaryReply<M> {
     fn into_response(self) -> Response {
         (
-            [(header::CONTENT_TYPE, self.codec.content_type(CallKind::Unary))],
+            [(
+                header::CONTENT_TYPE,
+                self.codec.content_type(CallKind::Unary),
+            )],
             self.codec.encode(&self.msg),
         )
             .into_response()
@@ -133,16 +160,30 @@ where
         let codec = codec_of(req.headers(), CallKind::Stream)?;
         let keepalive = keepalive_interval(req.headers(), state.config.keepalive_default);
         let limit = state.config.max_message_bytes;
-        let body = read_bounded(req.into_body(), limit + hutch_envd::connect::ENVELOPE_HEADER).await?;
+        let body = read_bounded(
+            req.into_body(),
+            limit + hutch_envd::connect::ENVELOPE_HEADER,
+        )
+        .await?;
         let mut dec = FrameDecoder::new(limit);
         dec.push(&body);
-        let frame = dec
-            .next_frame()?
-            .ok_or_else(|| RpcError::new(Code::InvalidArgument, "the request holds no complete message envelope"))?;
+        let frame = dec.next_frame()?.ok_or_else(|| {
+            RpcError::new(
+                Code::InvalidArgument,
+                "the request holds no complete message envelope",
+            )
+        })?;
         if frame.flags & FLAG_END_STREAM != 0 || dec.pending() != 0 {
-            return Err(RpcError::new(Code::InvalidArgument, "a server-streaming request must hold exactly one message"));
+            return Err(RpcError::new(
+                Code::InvalidArgument,
+                "a server-streaming request must hold exactly one message",
+            ));
         }
-        Ok(StreamRequest { codec, msg: codec.decode(&frame.payload)?, keepalive })
+        Ok(StreamRequest {
+            codec,
+            msg: codec.decode(&frame.payload)?,
+            keepalive,
+        })
     }
 }
 
@@ -204,11 +245,19 @@ where
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.decoder.push(&chunk),
-                Some(Err(e)) => return Err(RpcError::new(Code::Canceled, format!("reading the request failed: {e}"))),
+                Some(Err(e)) => {
+                    return Err(RpcError::new(
+                        Code::Canceled,
+                        format!("reading the request failed: {e}"),
+                    ));
+                }
                 None => {
                     self.done = true;
                     if self.decoder.pending() != 0 {
-                        return Err(RpcError::new(Code::InvalidArgument, "the request ended inside a message envelope"));
+                        return Err(RpcError::new(
+                            Code::InvalidArgument,
+                            "the request ended inside a message envelope",
+                        ));
                     }
                     return Ok(None);
                 }
@@ -231,7 +280,11 @@ pub struct StreamSender<M> {
 
 impl<M> Clone for StreamSender<M> {
     fn clone(&self) -> Self {
-        StreamSender { codec: self.codec, tx: self.tx.clone(), _m: std::marker::PhantomData }
+        StreamSender {
+            codec: self.codec,
+            tx: self.tx.clone(),
+            _m: std::marker::PhantomData,
+        }
     }
 }
 
@@ -243,7 +296,10 @@ impl<M: prost::Message + Serialize> StreamSender<M> {
     /// Sends one message, waiting while the client is slow.
     pub async fn send(&self, msg: &M) -> Result<(), ClientGone> {
         let payload = self.codec.encode(msg);
-        self.tx.send(envelope(0, &payload)).await.map_err(|_| ClientGone)
+        self.tx
+            .send(envelope(0, &payload))
+            .await
+            .map_err(|_| ClientGone)
     }
 
     /// Ends the stream with an error (the end-of-stream envelope is sent by
@@ -272,7 +328,14 @@ pub struct StreamReply {
 /// the [`StreamSender`] from a task it spawns.
 pub fn server_stream<M>(codec: Codec) -> (StreamSender<M>, StreamReply) {
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_MESSAGES);
-    (StreamSender { codec, tx, _m: std::marker::PhantomData }, StreamReply { codec, rx })
+    (
+        StreamSender {
+            codec,
+            tx,
+            _m: std::marker::PhantomData,
+        },
+        StreamReply { codec, rx },
+    )
 }
 
 impl IntoResponse for StreamReply {
@@ -302,8 +365,10 @@ impl IntoResponse for StreamReply {
 /// stream holding only the end-of-stream envelope, with HTTP 200.
 pub fn stream_error(codec: Codec, err: ConnectError) -> Response {
     let mut resp = Response::new(Body::from(end_stream(Some(&err))));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(codec.content_type(CallKind::Stream)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(codec.content_type(CallKind::Stream)),
+    );
     resp
 }
 

@@ -40,11 +40,17 @@ pub enum ServeError {
 
 /// Binds a Unix socket at `path`, replacing a stale socket file, mode 0600.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
-    let err = |source| ServeError::BindUnix { path: path.to_owned(), source };
+    let err = |source| ServeError::BindUnix {
+        path: path.to_owned(),
+        source,
+    };
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket_like() => std::fs::remove_file(path).map_err(err)?,
         Ok(_) => {
-            return Err(err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a socket")));
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            )));
         }
         Err(_) => {}
     }
@@ -70,7 +76,8 @@ pub fn adopt_listener(fd: i32) -> Result<Inherited, ServeError> {
     // we take sole ownership of it here, once, before any other code could
     // have opened or closed it (this runs at start-up, before the server).
     // fcntl first proves the number is an open descriptor.
-    rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) }).map_err(|e| err(e.into()))?;
+    rustix::io::fcntl_getfd(unsafe { rustix::fd::BorrowedFd::borrow_raw(fd) })
+        .map_err(|e| err(e.into()))?;
     // SAFETY: see above; the descriptor is open and owned by nobody else.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     if !rustix::net::sockopt::socket_acceptconn(&owned).map_err(|e| err(e.into()))? {
@@ -78,7 +85,9 @@ pub fn adopt_listener(fd: i32) -> Result<Inherited, ServeError> {
     }
     rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC).map_err(|e| err(e.into()))?;
     let is_unix = matches!(
-        rustix::net::getsockname(&owned).map_err(|e| err(e.into()))?.address_family(),
+        rustix::net::getsockname(&owned)
+            .map_err(|e| err(e.into()))?
+            .address_family(),
         rustix::net::AddressFamily::UNIX
     );
     if is_unix {
@@ -111,7 +120,13 @@ pub async fn serve(
     unix: Option<UnixListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    serve_all(app, tcp.into_iter().collect(), unix.into_iter().collect(), shutdown).await
+    serve_all(
+        app,
+        tcp.into_iter().collect(),
+        unix.into_iter().collect(),
+        shutdown,
+    )
+    .await
 }
 
 /// Like [`serve`], on any number of listeners of each kind.
@@ -136,12 +151,20 @@ pub async fn serve_all(
     for l in tcp {
         let app = app.clone();
         let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await }));
+        tasks.push(tokio::spawn(async move {
+            axum::serve(l, app)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        }));
     }
     for l in unix {
         let app = app.clone();
         let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stopped(rx)).await }));
+        tasks.push(tokio::spawn(async move {
+            axum::serve(l, app)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        }));
     }
     for task in tasks {
         match task.await {

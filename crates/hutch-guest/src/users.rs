@@ -37,13 +37,21 @@ fn read_db(path: &Path) -> Result<String, UserError> {
     let f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(source) => return Err(UserError::Read { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(UserError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     let mut s = String::new();
     let mut bytes = Vec::new();
     f.take(MAX_DB_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|source| UserError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| UserError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     s.push_str(&String::from_utf8_lossy(&bytes));
     Ok(s)
 }
@@ -62,7 +70,11 @@ pub fn lookup(etc_root: &Path, name: &str) -> Result<User, UserError> {
             gid: f[3].parse().ok()?,
             groups: Vec::new(),
             home: PathBuf::from(if f[5].is_empty() { "/" } else { f[5] }),
-            shell: if f[6].is_empty() { "/bin/sh".to_owned() } else { f[6].to_owned() },
+            shell: if f[6].is_empty() {
+                "/bin/sh".to_owned()
+            } else {
+                f[6].to_owned()
+            },
         })
     });
     // A bare root filesystem (busybox) may have no passwd at all: root is
@@ -85,8 +97,11 @@ pub fn lookup(etc_root: &Path, name: &str) -> Result<User, UserError> {
         if f.len() < 4 {
             continue;
         }
-        let Ok(gid) = f[2].parse::<u32>() else { continue };
-        if gid != user.gid && f[3].split(',').any(|m| m == user.name) && !user.groups.contains(&gid) {
+        let Ok(gid) = f[2].parse::<u32>() else {
+            continue;
+        };
+        if gid != user.gid && f[3].split(',').any(|m| m == user.name) && !user.groups.contains(&gid)
+        {
             user.groups.push(gid);
         }
     }
@@ -119,8 +134,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nbroken:x:zz:1::/:/bin/sh\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("etc/group"), "root:x:0:\nuser:x:1000:\nwheel:x:10:user,other\ndocker:x:999:user\n")
-            .unwrap();
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nuser:x:1000:\nwheel:x:10:user,other\ndocker:x:999:user\n",
+        )
+        .unwrap();
         d
     }
 
@@ -128,11 +146,20 @@ mod tests {
     fn lookups() {
         let d = fixture();
         let u = lookup(d.path(), "user").unwrap();
-        assert_eq!((u.uid, u.gid, u.groups.clone()), (1000, 1000, vec![10, 999]));
+        assert_eq!(
+            (u.uid, u.gid, u.groups.clone()),
+            (1000, 1000, vec![10, 999])
+        );
         assert_eq!(u.home, PathBuf::from("/home/user"));
         assert_eq!(lookup(d.path(), "1000").unwrap().name, "user");
-        assert!(matches!(lookup(d.path(), "nobody"), Err(UserError::NotFound(_))));
-        assert!(matches!(lookup(d.path(), "broken"), Err(UserError::NotFound(_))));
+        assert!(matches!(
+            lookup(d.path(), "nobody"),
+            Err(UserError::NotFound(_))
+        ));
+        assert!(matches!(
+            lookup(d.path(), "broken"),
+            Err(UserError::NotFound(_))
+        ));
         assert_eq!(name_of(d.path(), "group", 10), "wheel");
         assert_eq!(name_of(d.path(), "passwd", 4242), "4242");
     }

@@ -1,0 +1,222 @@
+//! Starting a validated command (blocking: call it from `spawn_blocking`).
+//!
+//! 1. Check the cwd is an existing directory, so a typo is a clear
+//!    invalid_argument before anything starts (envd's wording).
+//! 2. Decide the credentials: as root we switch to the user's uid, gid and
+//!    supplementary groups; unprivileged we can only run as ourselves.
+//! 3. Make the stdio: close-on-exec pipes (stdin a pipe or `/dev/null`), or
+//!    a PTY whose slave is the child's stdin, stdout and stderr.
+//! 4. Read the cgroup's OOM-kill counter (see `exit`).
+//! 5. Spawn through [`Reaper::spawn`], the only waiter. In the child, before
+//!    exec: `setsid` (a new session and process group, so a signal to the
+//!    group reaches everything the command starts), `TIOCSCTTY` for a PTY,
+//!    then `setgroups`, `setgid`, `setuid`, then `chdir` as the user.
+//! 6. Drop the `Command`, which closes the child's ends in the guest, so the
+//!    output pipes see EOF when the process and its children are done.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use tokio::sync::oneshot;
+
+use super::{error::ProcessError, exit, pty, spec::StartSpec};
+use crate::reaper::{Exit, Reaper};
+
+/// The guest's ends of a started process's stdio.
+pub enum SpawnedIo {
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    Pty {
+        master: OwnedFd,
+    },
+}
+
+pub struct Spawned {
+    pub pid: u32,
+    pub exit: oneshot::Receiver<Exit>,
+    pub io: SpawnedIo,
+    /// The cgroup's OOM-kill counter just before the start.
+    pub oom_kills_before: Option<u64>,
+}
+
+/// Who the child becomes, prepared before fork (nothing allocates after).
+struct Credentials {
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+    groups: Vec<nix::unistd::Gid>,
+}
+
+/// What the child does between fork and exec (step 5).
+struct ChildSetup {
+    ctty: Option<OwnedFd>,
+    creds: Option<Credentials>,
+    cwd: CString,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Steps 1–6 of the module docs.
+pub fn spawn(
+    spec: &StartSpec,
+    reaper: &Reaper,
+    cgroup_root: &Path,
+) -> Result<Spawned, ProcessError> {
+    match std::fs::metadata(&spec.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ProcessError::invalid(format!(
+                "cwd '{}' is not a directory",
+                spec.cwd.display()
+            )));
+        }
+        Err(_) => {
+            return Err(ProcessError::invalid(format!(
+                "cwd '{}' does not exist",
+                spec.cwd.display()
+            )));
+        }
+    }
+    let creds = credentials(spec)?;
+    let cwd = CString::new(spec.cwd.as_os_str().as_bytes())
+        .map_err(|_| ProcessError::invalid("cwd must not contain NUL bytes"))?;
+
+    let mut cmd = Command::new(&spec.cmd);
+    cmd.args(&spec.args).env_clear().envs(&spec.env);
+    let (io, ctty) = match spec.pty {
+        Some(size) => {
+            let pair = pty::open(size)
+                .map_err(|e| ProcessError::internal("opening a pseudo-terminal", e))?;
+            let clone = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| ProcessError::internal("duplicating the pty", e))
+            };
+            cmd.stdin(Stdio::from(clone(&pair.slave)?))
+                .stdout(Stdio::from(clone(&pair.slave)?))
+                .stderr(Stdio::from(clone(&pair.slave)?));
+            (
+                SpawnedIo::Pty {
+                    master: pair.master,
+                },
+                Some(pair.slave),
+            )
+        }
+        None => {
+            let err = |e: io::Error| ProcessError::internal("creating pipes", e);
+            let stdin = if spec.stdin {
+                let (child, guest) = pipe().map_err(err)?;
+                cmd.stdin(Stdio::from(child));
+                Some(guest)
+            } else {
+                cmd.stdin(Stdio::null());
+                None
+            };
+            let (stdout, child_out) = pipe().map_err(err)?;
+            let (stderr, child_err) = pipe().map_err(err)?;
+            cmd.stdout(Stdio::from(child_out))
+                .stderr(Stdio::from(child_err));
+            (
+                SpawnedIo::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                None,
+            )
+        }
+    };
+    install_child_setup(&mut cmd, ChildSetup { ctty, creds, cwd });
+
+    let oom_kills_before = exit::read_oom_kills(cgroup_root);
+    let spawned = reaper.spawn(&mut cmd);
+    drop(cmd);
+    let (pid, exit) = spawned.map_err(|e| exec_error(&spec.cmd, e))?;
+    Ok(Spawned {
+        pid,
+        exit,
+        io,
+        oom_kills_before,
+    })
+}
+
+/// Step 2 of the module docs.
+fn credentials(spec: &StartSpec) -> Result<Option<Credentials>, ProcessError> {
+    let euid = rustix::process::geteuid().as_raw();
+    let user = &spec.user;
+    if euid == 0 {
+        let mut groups = vec![nix::unistd::Gid::from_raw(user.gid)];
+        for g in &user.groups {
+            let g = nix::unistd::Gid::from_raw(*g);
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        return Ok(Some(Credentials {
+            uid: nix::unistd::Uid::from_raw(user.uid),
+            gid: nix::unistd::Gid::from_raw(user.gid),
+            groups,
+        }));
+    }
+    if user.uid == euid {
+        return Ok(None);
+    }
+    Err(ProcessError::PermissionDenied(format!(
+        "the guest runs unprivileged and cannot start processes as user {:?}",
+        user.name
+    )))
+}
+
+/// Registers step 5's child-side setup on `cmd`.
+#[allow(unsafe_code)]
+fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe work is allowed. It only makes raw system calls
+    // (setsid, ioctl, setgroups, setgid, setuid, chdir) on data prepared
+    // before the fork; it allocates nothing, takes no locks and touches no
+    // state shared with other threads of the guest.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            if let Some(tty) = &setup.ctty {
+                rustix::process::ioctl_tiocsctty(tty)?;
+            }
+            if let Some(c) = &setup.creds {
+                nix::unistd::setgroups(&c.groups)?;
+                nix::unistd::setgid(c.gid)?;
+                nix::unistd::setuid(c.uid)?;
+            }
+            rustix::process::chdir(setup.cwd.as_c_str())?;
+            Ok(())
+        });
+    }
+}
+
+/// Maps a failed spawn to what the client can act on.
+fn exec_error(cmd: &str, e: io::Error) -> ProcessError {
+    let reason = match (e.kind(), e.raw_os_error()) {
+        (io::ErrorKind::NotFound, _) => "no such file or directory",
+        (io::ErrorKind::PermissionDenied, _) => "permission denied",
+        (_, Some(libc::ENOEXEC)) => "not an executable format",
+        (_, Some(libc::E2BIG)) => "argument list too long",
+        (_, Some(libc::ENOTDIR)) => "a path component is not a directory",
+        (_, Some(libc::ELOOP)) => "too many levels of symbolic links",
+        (_, Some(libc::EAGAIN)) => {
+            return ProcessError::Exhausted(format!("cannot start {cmd:?}: process limit reached"));
+        }
+        _ => return ProcessError::internal("starting a process", e),
+    };
+    ProcessError::Exec {
+        cmd: cmd.to_owned(),
+        reason,
+    }
+}
