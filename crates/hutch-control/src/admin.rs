@@ -1,0 +1,411 @@
+//! Keys, workspaces, quotas, templates listing and the audit log.
+//!
+//! Bootstrap ([`Control::bootstrap`]), on every start:
+//! 1. make sure workspace `default` exists;
+//! 2. if it holds no live operator key, create one: `HUTCH_ADMIN_KEY` when set (validated),
+//!    else a fresh random key, which is returned once so `hutch serve` can print it once.
+//!    Only the key's prefix and hash are stored; the secret is never logged.
+//!
+//! Authentication ([`Control::authenticate`]): parse the presented secret, look it up by
+//! prefix, compare hashes in constant time; anything wrong is `unauthenticated`, without
+//! saying what.
+//!
+//! Every other method here: authorise with `hutch_core::authorize`, act, append an audit
+//! entry for mutating calls (outcome `ok`, `denied` or `failed`).
+
+use hutch_core::key::ApiKeySecret;
+use hutch_core::workspace::DEFAULT_WORKSPACE;
+use hutch_core::{
+    Action, Error, ErrorCode, KeyId, Principal, Role, Scope, Timestamp, WorkspaceId, WorkspaceName,
+    authorize,
+};
+use hutch_store::{
+    AuditOutcome, NewApiKey, NewAuditEntry, NewWorkspace, PageRequest, SandboxFilter,
+};
+
+use crate::views::{
+    AuditList, AuditView, CreateKey, CreateWorkspace, CreatedKey, KeyList, KeyView, QuotaBody,
+    TemplateList, TemplateView, WorkspaceList, WorkspaceView,
+};
+use crate::{Caller, Control, ControlError, Result};
+
+/// Longest key name.
+const KEY_NAME_MAX: usize = 64;
+
+/// What the first start created.
+#[derive(Debug)]
+pub struct Bootstrap {
+    /// The operator's key, when it was generated now: print it once, never log it.
+    pub generated_key: Option<ApiKeySecret>,
+    /// The `default` workspace.
+    pub default_workspace: WorkspaceId,
+}
+
+impl Control {
+    /// Steps 1–2 of the module docs.
+    pub async fn bootstrap(&self) -> Result<Bootstrap> {
+        let now = Timestamp::now();
+        let name = WorkspaceName::default_workspace();
+        let ws = match self.store().get_workspace_by_name(&name).await? {
+            Some(ws) => ws,
+            None => {
+                self.store()
+                    .create_workspace(NewWorkspace {
+                        id: WorkspaceId::generate(),
+                        name,
+                        quota: Default::default(),
+                        created_by: None,
+                        now,
+                    })
+                    .await?
+            }
+        };
+        let keys = self.store().list_api_keys(&ws.id).await?;
+        let has_operator = keys
+            .iter()
+            .any(|k| k.role == Role::Operator && k.revoked_at.is_none());
+        let mut generated_key = None;
+        if !has_operator {
+            let secret = match &self.inner.config.admin_key {
+                Some(given) => ApiKeySecret::parse(given).map_err(|e| {
+                    Error::InvalidInput(format!("HUTCH_ADMIN_KEY is not a valid key: {e}"))
+                })?,
+                None => {
+                    let s = ApiKeySecret::generate();
+                    generated_key = Some(s.clone());
+                    s
+                }
+            };
+            let key = self
+                .store()
+                .create_api_key(NewApiKey::for_secret(
+                    &secret,
+                    ws.id.clone(),
+                    "operator",
+                    Role::Operator,
+                    None,
+                    now,
+                ))
+                .await?;
+            tracing::info!(key_id = %key.id, prefix = %key.prefix, "created the operator's key");
+        }
+        Ok(Bootstrap {
+            generated_key,
+            default_workspace: ws.id,
+        })
+    }
+
+    /// The principal a presented secret stands for.
+    pub async fn authenticate(&self, secret: &str) -> Result<Principal> {
+        let secret = ApiKeySecret::parse(secret).map_err(|_| Error::Unauthenticated)?;
+        let key = self
+            .store()
+            .authenticate(&secret)
+            .await?
+            .ok_or(Error::Unauthenticated)?;
+        Ok(Principal {
+            key_id: key.id,
+            workspace_id: key.workspace_id,
+            role: key.role,
+        })
+    }
+
+    /// Appends an audit entry; a failure to record is logged, not returned (the action has
+    /// already happened).
+    pub(crate) async fn audit(
+        &self,
+        caller: &Caller,
+        workspace: Option<&WorkspaceId>,
+        action: &str,
+        object: Option<String>,
+        outcome: AuditOutcome,
+    ) {
+        let entry = NewAuditEntry {
+            at: Timestamp::now(),
+            workspace_id: Some(
+                workspace
+                    .cloned()
+                    .unwrap_or_else(|| caller.principal.workspace_id.clone()),
+            ),
+            key_id: Some(caller.principal.key_id.clone()),
+            request_id: caller.request_id.clone(),
+            action: action.to_owned(),
+            object,
+            outcome,
+        };
+        if let Err(e) = self.store().append_audit(entry).await {
+            tracing::error!(error = %crate::error::chain(&e), action, "appending to the audit log failed");
+        }
+    }
+
+    /// Records the outcome of a mutating call and passes its result on.
+    pub(crate) async fn audited<T>(
+        &self,
+        caller: &Caller,
+        workspace: Option<&WorkspaceId>,
+        action: Action,
+        object: Option<String>,
+        result: Result<T>,
+    ) -> Result<T> {
+        let outcome = match &result {
+            Ok(_) => AuditOutcome::Ok,
+            Err(e)
+                if matches!(
+                    e.public().code(),
+                    ErrorCode::Forbidden | ErrorCode::Unauthenticated
+                ) =>
+            {
+                AuditOutcome::Denied
+            }
+            Err(_) => AuditOutcome::Failed,
+        };
+        self.audit(caller, workspace, action.as_str(), object, outcome)
+            .await;
+        result
+    }
+
+    // --- workspaces ------------------------------------------------------------------------
+
+    pub async fn create_workspace(
+        &self,
+        caller: &Caller,
+        req: CreateWorkspace,
+    ) -> Result<WorkspaceView> {
+        let result = async {
+            authorize(&caller.principal, Action::WorkspaceCreate, Scope::Platform)?;
+            let name = WorkspaceName::parse(&req.name)
+                .map_err(|e| Error::InvalidInput(format!("name: {e}")))?;
+            let ws = self
+                .store()
+                .create_workspace(NewWorkspace {
+                    id: WorkspaceId::generate(),
+                    name,
+                    quota: req.quota.unwrap_or_default().into(),
+                    created_by: Some(caller.principal.key_id.clone()),
+                    now: Timestamp::now(),
+                })
+                .await?;
+            Ok(ws)
+        }
+        .await;
+        let object = result.as_ref().ok().map(|w| w.id.to_string());
+        let ws = self
+            .audited(caller, None, Action::WorkspaceCreate, object, result)
+            .await?;
+        Ok(WorkspaceView::from(&ws))
+    }
+
+    pub async fn list_workspaces(&self, caller: &Caller) -> Result<WorkspaceList> {
+        authorize(&caller.principal, Action::WorkspaceList, Scope::Platform)?;
+        let all = self.store().list_workspaces().await?;
+        Ok(WorkspaceList {
+            workspaces: all.iter().map(WorkspaceView::from).collect(),
+        })
+    }
+
+    /// Deletes a workspace and everything it owns, its sandboxes destroyed on the host first.
+    pub async fn delete_workspace(&self, caller: &Caller, id: &str) -> Result<()> {
+        let result = async {
+            authorize(&caller.principal, Action::WorkspaceDelete, Scope::Platform)?;
+            let id = WorkspaceId::parse(id).map_err(|_| Error::NotFound { kind: "workspace" })?;
+            let ws = self
+                .store()
+                .get_workspace(&id)
+                .await?
+                .ok_or(Error::NotFound { kind: "workspace" })?;
+            if ws.name.as_str() == DEFAULT_WORKSPACE {
+                return Err(
+                    Error::Conflict("the default workspace cannot be deleted".to_owned()).into(),
+                );
+            }
+            let mut page = PageRequest::first(hutch_store::MAX_PAGE);
+            loop {
+                let batch = self
+                    .store()
+                    .list_sandboxes(&id, &SandboxFilter::default(), &page)
+                    .await?;
+                for sb in &batch.items {
+                    self.remove_sandbox(&sb.id).await?;
+                }
+                match batch.next_cursor {
+                    Some(c) => page.cursor = Some(c),
+                    None => break,
+                }
+            }
+            self.store().delete_workspace(&id).await?;
+            Ok(())
+        }
+        .await;
+        self.audited(
+            caller,
+            None,
+            Action::WorkspaceDelete,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
+    pub async fn set_quota(
+        &self,
+        caller: &Caller,
+        id: &str,
+        quota: QuotaBody,
+    ) -> Result<WorkspaceView> {
+        let result = async {
+            authorize(&caller.principal, Action::QuotaSet, Scope::Platform)?;
+            let id = WorkspaceId::parse(id).map_err(|_| Error::NotFound { kind: "workspace" })?;
+            if !self.store().set_quota(&id, quota.into()).await? {
+                return Err(Error::NotFound { kind: "workspace" }.into());
+            }
+            self.store()
+                .get_workspace(&id)
+                .await?
+                .ok_or_else(|| Error::NotFound { kind: "workspace" }.into())
+        }
+        .await;
+        let ws = self
+            .audited(caller, None, Action::QuotaSet, Some(id.to_owned()), result)
+            .await?;
+        Ok(WorkspaceView::from(&ws))
+    }
+
+    // --- keys ------------------------------------------------------------------------------
+
+    /// The workspace a key call is about: the named one, else the caller's.
+    fn key_scope(caller: &Caller, named: Option<&str>) -> Result<WorkspaceId> {
+        match named {
+            None => Ok(caller.principal.workspace_id.clone()),
+            Some(s) => {
+                WorkspaceId::parse(s).map_err(|_| Error::NotFound { kind: "workspace" }.into())
+            }
+        }
+    }
+
+    pub async fn create_key(&self, caller: &Caller, req: CreateKey) -> Result<CreatedKey> {
+        let ws = Self::key_scope(caller, req.workspace_id.as_deref())?;
+        let result = async {
+            authorize(&caller.principal, Action::KeyCreate, Scope::Workspace(&ws))?;
+            let role = match req.role.as_str() {
+                "admin" => Role::Admin,
+                "member" => Role::Member,
+                _ => {
+                    return Err(
+                        Error::InvalidInput("role: must be admin or member".to_owned()).into(),
+                    );
+                }
+            };
+            let name = req.name.trim();
+            if name.is_empty()
+                || name.chars().count() > KEY_NAME_MAX
+                || name.chars().any(char::is_control)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "name: must be 1 to {KEY_NAME_MAX} characters without control characters"
+                ))
+                .into());
+            }
+            if self.store().get_workspace(&ws).await?.is_none() {
+                return Err(Error::NotFound { kind: "workspace" }.into());
+            }
+            let secret = ApiKeySecret::generate();
+            let key = self
+                .store()
+                .create_api_key(NewApiKey::for_secret(
+                    &secret,
+                    ws.clone(),
+                    name,
+                    role,
+                    Some(caller.principal.key_id.clone()),
+                    Timestamp::now(),
+                ))
+                .await?;
+            Ok((key, secret))
+        }
+        .await;
+        let object = result.as_ref().ok().map(|(k, _)| k.id.to_string());
+        let (key, secret) = self
+            .audited(caller, Some(&ws), Action::KeyCreate, object, result)
+            .await?;
+        Ok(CreatedKey {
+            key: KeyView::from(&key),
+            secret: secret.expose().to_owned(),
+        })
+    }
+
+    pub async fn list_keys(&self, caller: &Caller, workspace: Option<&str>) -> Result<KeyList> {
+        let ws = Self::key_scope(caller, workspace)?;
+        authorize(&caller.principal, Action::KeyList, Scope::Workspace(&ws))?;
+        let keys = self.store().list_api_keys(&ws).await?;
+        Ok(KeyList {
+            keys: keys.iter().map(KeyView::from).collect(),
+        })
+    }
+
+    /// Revokes a key of the caller's workspace (or, for the operator, of `workspace`).
+    pub async fn revoke_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        workspace: Option<&str>,
+    ) -> Result<()> {
+        let ws = Self::key_scope(caller, workspace)?;
+        let result = async {
+            authorize(&caller.principal, Action::KeyRevoke, Scope::Workspace(&ws))?;
+            let id = KeyId::parse(id).map_err(|_| Error::NotFound { kind: "key" })?;
+            if !self
+                .store()
+                .revoke_api_key(&ws, &id, Timestamp::now())
+                .await?
+            {
+                return Err(Error::NotFound { kind: "key" }.into());
+            }
+            Ok(())
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::KeyRevoke,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
+    // --- audit log and templates -----------------------------------------------------------
+
+    pub async fn list_audit(
+        &self,
+        caller: &Caller,
+        workspace: Option<&str>,
+        page: PageRequest,
+    ) -> Result<AuditList> {
+        let ws = Self::key_scope(caller, workspace)?;
+        authorize(&caller.principal, Action::AuditRead, Scope::Workspace(&ws))?;
+        let page = self.store().list_audit(&ws, &page).await?;
+        Ok(AuditList {
+            entries: page.items.iter().map(AuditView::from).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    pub async fn list_templates(&self, caller: &Caller) -> Result<TemplateList> {
+        let ws = &caller.principal.workspace_id;
+        authorize(
+            &caller.principal,
+            Action::TemplateRead,
+            Scope::Workspace(ws),
+        )?;
+        let all = self.store().list_templates(ws).await?;
+        Ok(TemplateList {
+            templates: all.iter().map(TemplateView::from).collect(),
+        })
+    }
+}
+
+impl From<hutch_core::QuotaError> for ControlError {
+    fn from(e: hutch_core::QuotaError) -> Self {
+        ControlError::Domain(e.into())
+    }
+}

@@ -1,0 +1,878 @@
+//! Exec: Hutch's command API, translated onto the guest's `process.Process/Start`.
+//!
+//! 1. Authorise (`sandbox.use`), check the sandbox is `running`, validate the request.
+//! 2. Start the process in the guest (`Authorization: Basic` names the user), with stdin
+//!    enabled only when the request carries stdin.
+//! 3. Read the guest's event stream one event at a time, only as fast as the consumer takes
+//!    [`ExecEvent`]s: nothing is buffered beyond one guest message (itself bounded by the guest
+//!    client), so a process printing gigabytes cannot grow the server's memory (R16); the
+//!    back-pressure reaches the process's pipe through the guest.
+//! 4. On the start event: send stdin in chunks (`SendInput`), then `CloseStdin`.
+//! 5. Output: `data` is text, split on UTF-8 boundaries (an incomplete character at the end of
+//!    a chunk waits for the next chunk); from the first byte that is not valid UTF-8, the rest
+//!    of that chunk goes as `data_b64` (standard base64) in its own event. A consumer
+//!    concatenates the bytes of both forms in order.
+//! 6. A timeout kills the process (`SendSignal SIGKILL`) and the exit event says
+//!    `timed_out: true`. If the consumer goes away before the exit event, the process is
+//!    killed too.
+//! 7. The exit event maps the guest's end event: `exit_code`; `signal` from a status
+//!    `signal: <name>`; `oom` when the guest's error names the OOM killer.
+//!
+//! With `wait: true`, [`ExecStream::collect`] gathers the events into an [`ExecResult`],
+//! keeping at most `exec_output_cap` bytes of stdout and of stderr (`truncated` says so) while
+//! still draining the rest.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use hutch_core::request::limits::TIMEOUT_S_MAX;
+use hutch_core::{Action, Error, SandboxId, SandboxState};
+use hutch_envd::process::{
+    CloseStdinRequest, CloseStdinResponse, ProcessConfig, ProcessInput, ProcessSelector,
+    SendInputRequest, SendInputResponse, SendSignalRequest, SendSignalResponse, Signal,
+    StartRequest, StartResponse, process_event::Event, process_event::data_event::Output,
+    process_input, process_selector,
+};
+use hutch_guest_client::{GuestClient, ReplyStream};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+use crate::{Caller, Control, ControlError, Result};
+
+/// Bounds on an exec request.
+pub mod limits {
+    pub const MAX_ARGS: usize = 4096;
+    pub const MAX_ARGS_BYTES: usize = 256 << 10;
+    pub const MAX_ENV: usize = 256;
+    pub const MAX_ENV_VALUE: usize = 32 << 10;
+    pub const MAX_PATH: usize = 4096;
+    pub const MAX_USER: usize = 32;
+    pub const MAX_STDIN: usize = 16 << 20;
+    /// Stdin goes to the guest in pieces of this size.
+    pub const STDIN_CHUNK: usize = 1 << 20;
+}
+
+/// `POST /v1/sandboxes/{id}/exec`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ExecRequest {
+    /// The program and its arguments (no shell: use `["sh", "-c", "..."]` for one).
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the sandbox (default: the template's, else the user's home).
+    /// Paths under `/proc` are refused.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// User inside the sandbox (default: the template's).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Text written to the process's standard input, which is then closed. Without it the
+    /// process has no stdin.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Seconds before the process is killed (default: no limit but the sandbox's life).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+    /// Answer once the process ends with its whole (capped) output, instead of streaming.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// One event of a streamed exec (one NDJSON line).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum ExecEvent {
+    /// The process started.
+    Start { pid: u32 },
+    /// Output on stdout: `data` (UTF-8 text) or `data_b64` (bytes that are not UTF-8).
+    Stdout {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_b64: Option<String>,
+    },
+    /// Output on stderr, as `stdout`.
+    Stderr {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data_b64: Option<String>,
+    },
+    /// The process ended; always the last event of a stream that did not fail.
+    Exit {
+        exit_code: i32,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// The kernel's OOM killer ended it.
+        oom: bool,
+        /// The request's timeout ended it.
+        timed_out: bool,
+    },
+    /// The stream failed after it started (the guest went away); the last event.
+    Error { code: String, message: String },
+}
+
+/// The answer of an exec with `wait: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ExecResult {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// Standard output as text (bytes that are not UTF-8 replaced by U+FFFD).
+    pub stdout: String,
+    pub stderr: String,
+    /// Output beyond the cap was dropped from `stdout` or `stderr`.
+    pub truncated: bool,
+    pub oom: bool,
+    pub timed_out: bool,
+}
+
+/// A validated exec request.
+#[derive(Debug, Clone)]
+struct ValidExec {
+    config: ProcessConfig,
+    user: Option<String>,
+    stdin: Option<String>,
+    timeout: Option<Duration>,
+}
+
+fn invalid(field: &str, reason: &str) -> ControlError {
+    Error::InvalidInput(format!("{field}: {reason}")).into()
+}
+
+/// Is `path` under `/proc` once `.` and `..` are taken away lexically?
+fn under_proc(path: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    parts.first() == Some(&"proc")
+}
+
+pub(crate) fn valid_user(user: &str) -> bool {
+    let b = user.as_bytes();
+    !b.is_empty()
+        && b.len() <= limits::MAX_USER
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.')
+        })
+}
+
+pub(crate) fn validate_cwd(cwd: &str) -> Result<()> {
+    if cwd.is_empty() || cwd.len() > limits::MAX_PATH || cwd.contains('\0') {
+        return Err(invalid("cwd", "must be 1 to 4096 bytes without NUL"));
+    }
+    if under_proc(cwd) {
+        return Err(invalid("cwd", "may not be under /proc"));
+    }
+    Ok(())
+}
+
+/// Checks an exec request. Pure.
+fn validate(req: ExecRequest) -> Result<ValidExec> {
+    use limits::*;
+    let Some((program, args)) = req.cmd.split_first() else {
+        return Err(invalid("cmd", "must name a program"));
+    };
+    if program.is_empty() {
+        return Err(invalid("cmd", "the program name is empty"));
+    }
+    let total: usize = req.cmd.iter().map(|a| a.len() + 1).sum();
+    if req.cmd.len() > MAX_ARGS || total > MAX_ARGS_BYTES {
+        return Err(invalid("cmd", "too many or too long arguments"));
+    }
+    if req.cmd.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("cmd", "an argument contains NUL"));
+    }
+    if req.env.len() > MAX_ENV {
+        return Err(invalid("env", "at most 256 variables"));
+    }
+    for (k, v) in &req.env {
+        let b = k.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 128
+            && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !ok {
+            return Err(invalid(
+                "env",
+                "names are letters, digits and `_`, not starting with a digit",
+            ));
+        }
+        if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+            return Err(invalid("env", "values are at most 32 KiB without NUL"));
+        }
+    }
+    if let Some(cwd) = &req.cwd {
+        validate_cwd(cwd)?;
+    }
+    if let Some(user) = &req.user
+        && !valid_user(user)
+    {
+        return Err(invalid("user", "must be a user name of the sandbox"));
+    }
+    if req.stdin.as_ref().is_some_and(|s| s.len() > MAX_STDIN) {
+        return Err(invalid("stdin", "at most 16 MiB"));
+    }
+    let timeout = match req.timeout_s {
+        None => None,
+        Some(t) if (1..=TIMEOUT_S_MAX).contains(&t) => Some(Duration::from_secs(t)),
+        Some(_) => return Err(invalid("timeout_s", "must be 1 to 2592000")),
+    };
+    Ok(ValidExec {
+        config: ProcessConfig {
+            cmd: program.clone(),
+            args: args.to_vec(),
+            envs: req.env.into_iter().collect(),
+            cwd: req.cwd,
+        },
+        user: req.user,
+        stdin: req.stdin,
+        timeout,
+    })
+}
+
+/// The guest client of a sandbox, acting as `user` when given.
+pub(crate) fn guest_as(
+    control: &Control,
+    id: &SandboxId,
+    user: Option<&str>,
+) -> Result<GuestClient> {
+    let client = control
+        .agent()
+        .guest(id)
+        .map_err(|e| ControlError::agent("reaching a sandbox's guest", e))?;
+    Ok(match user {
+        None => client,
+        Some(u) => {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:"));
+            let value = http::HeaderValue::from_str(&format!("Basic {token}"))
+                .map_err(|_| invalid("user", "must be a user name of the sandbox"))?;
+            client.with_header(http::header::AUTHORIZATION, value)
+        }
+    })
+}
+
+fn selector(pid: u32) -> Option<ProcessSelector> {
+    Some(ProcessSelector {
+        selector: Some(process_selector::Selector::Pid(pid)),
+    })
+}
+
+/// Sends SIGKILL to `pid`; failures are logged (the process may have ended already).
+pub(crate) async fn kill(guest: &GuestClient, id: &SandboxId, pid: u32) {
+    let req = SendSignalRequest {
+        process: selector(pid),
+        signal: Signal::Sigkill as i32,
+    };
+    if let Err(e) = guest
+        .unary::<_, SendSignalResponse>("process.Process/SendSignal", &req)
+        .await
+    {
+        tracing::debug!(sandbox = %id, pid, error = %crate::error::chain(&e), "killing a process");
+    }
+}
+
+/// Go's signal names (as the guest writes them in `status`) back to numbers.
+pub(crate) fn signal_number(status: &str) -> Option<i32> {
+    let name = status.strip_prefix("signal: ")?;
+    let name = name.strip_suffix(" (core dumped)").unwrap_or(name);
+    const NAMES: [(&str, i32); 31] = [
+        ("hangup", 1),
+        ("interrupt", 2),
+        ("quit", 3),
+        ("illegal instruction", 4),
+        ("trace/breakpoint trap", 5),
+        ("aborted", 6),
+        ("bus error", 7),
+        ("floating point exception", 8),
+        ("killed", 9),
+        ("user defined signal 1", 10),
+        ("segmentation fault", 11),
+        ("user defined signal 2", 12),
+        ("broken pipe", 13),
+        ("alarm clock", 14),
+        ("terminated", 15),
+        ("stack fault", 16),
+        ("child exited", 17),
+        ("continued", 18),
+        ("stopped (signal)", 19),
+        ("stopped", 20),
+        ("stopped (tty input)", 21),
+        ("stopped (tty output)", 22),
+        ("urgent I/O condition", 23),
+        ("CPU time limit exceeded", 24),
+        ("file size limit exceeded", 25),
+        ("virtual timer expired", 26),
+        ("profiling timer expired", 27),
+        ("window changed", 28),
+        ("I/O possible", 29),
+        ("power failure", 30),
+        ("bad system call", 31),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .or_else(|| name.strip_prefix("signal ")?.parse().ok())
+}
+
+/// Whether the guest's end-event error says the OOM killer ended the process (the guest
+/// writes `out of memory: killed by the OOM killer`).
+fn is_oom(error: Option<&str>) -> bool {
+    error.is_some_and(|e| {
+        let e = e.to_ascii_lowercase();
+        e.contains("out of memory") || e.contains("oom")
+    })
+}
+
+/// Splits output into text and non-UTF-8 pieces (step 5 of the module docs).
+#[derive(Debug, Default)]
+struct Utf8Splitter {
+    /// An incomplete character from the end of the previous chunk (at most 3 bytes).
+    carry: Vec<u8>,
+}
+
+impl Utf8Splitter {
+    /// `(text, bytes)`: the chunk's valid UTF-8 prefix as text, and from the first invalid
+    /// byte on, the rest as base64. Either may be absent.
+    fn push(&mut self, chunk: &[u8]) -> (Option<String>, Option<String>) {
+        let joined: std::borrow::Cow<'_, [u8]> = if self.carry.is_empty() {
+            chunk.into()
+        } else {
+            let mut v = std::mem::take(&mut self.carry);
+            v.extend_from_slice(chunk);
+            v.into()
+        };
+        match std::str::from_utf8(&joined) {
+            Ok(s) => (non_empty(s.to_owned()), None),
+            Err(e) if e.error_len().is_none() && joined.len() - e.valid_up_to() <= 3 => {
+                let (good, rest) = joined.split_at(e.valid_up_to());
+                self.carry = rest.to_vec();
+                // `good` is valid UTF-8 up to here by the error's own account.
+                let text = String::from_utf8_lossy(good).into_owned();
+                (non_empty(text), None)
+            }
+            Err(e) => {
+                let (good, rest) = joined.split_at(e.valid_up_to());
+                let text = String::from_utf8_lossy(good).into_owned();
+                (
+                    non_empty(text),
+                    Some(base64::engine::general_purpose::STANDARD.encode(rest)),
+                )
+            }
+        }
+    }
+
+    /// What is left at the end of the stream.
+    fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.carry);
+        (!rest.is_empty()).then(|| base64::engine::general_purpose::STANDARD.encode(rest))
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// A running exec's events. Dropping it before the exit event kills the process.
+pub struct ExecStream {
+    control: Control,
+    id: SandboxId,
+    guest: Arc<GuestClient>,
+    reply: ReplyStream<StartResponse>,
+    pid: Option<u32>,
+    stdin: Option<String>,
+    deadline: Option<tokio::time::Instant>,
+    timed_out: bool,
+    pending: VecDeque<ExecEvent>,
+    out: Utf8Splitter,
+    err: Utf8Splitter,
+    finished: bool,
+    started: Instant,
+    output_cap: usize,
+    /// Why the stream failed, for `collect`.
+    failure: Option<Error>,
+}
+
+impl Control {
+    /// Steps 1–2 of the module docs; the returned stream does the rest.
+    pub async fn exec(&self, caller: &Caller, id: &str, req: ExecRequest) -> Result<ExecStream> {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let record = self.lookup(caller, Action::SandboxUse, id).await?;
+            if record.state != SandboxState::Running {
+                return Err(Error::Conflict(format!(
+                    "the sandbox is {}, not running",
+                    record.state
+                ))
+                .into());
+            }
+            let exec = validate(req)?;
+            let guest = guest_as(self, &record.id, exec.user.as_deref())?;
+            let start = StartRequest {
+                process: Some(exec.config),
+                pty: None,
+                tag: None,
+                stdin: Some(exec.stdin.is_some()),
+            };
+            let reply = guest
+                .server_stream::<_, StartResponse>("process.Process/Start", &start)
+                .await
+                .map_err(|e| ControlError::guest(&record.id, "program", e))?;
+            self.touch(&record.id);
+            let mut stream = ExecStream {
+                control: self.clone(),
+                id: record.id,
+                guest: Arc::new(guest),
+                reply,
+                pid: None,
+                stdin: exec.stdin,
+                deadline: exec.timeout.map(|t| tokio::time::Instant::now() + t),
+                timed_out: false,
+                pending: VecDeque::new(),
+                out: Utf8Splitter::default(),
+                err: Utf8Splitter::default(),
+                finished: false,
+                started: Instant::now(),
+                output_cap: self.inner.config.exec_output_cap,
+                failure: None,
+            };
+            // Wait for the start, so a program that cannot start is an error reply (400, 404)
+            // rather than an event in a 200 stream.
+            stream.await_start().await?;
+            Ok(stream)
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+}
+
+impl ExecStream {
+    /// The next event; `None` after the last one.
+    pub async fn next(&mut self) -> Option<ExecEvent> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            if self.finished {
+                return None;
+            }
+            let item = match self.deadline {
+                Some(deadline) if !self.timed_out => {
+                    match tokio::time::timeout_at(deadline, self.reply.next()).await {
+                        Ok(item) => item,
+                        Err(_) => {
+                            self.timed_out = true;
+                            if let Some(pid) = self.pid {
+                                kill(&self.guest, &self.id, pid).await;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => self.reply.next().await,
+            };
+            match item {
+                Ok(Some(resp)) => self.on_event(resp).await,
+                Ok(None) => {
+                    self.fail(Error::Unavailable(
+                        "the process stream ended without an exit event".to_owned(),
+                    ));
+                }
+                Err(e) => {
+                    let kind = if self.pid.is_none() {
+                        "program"
+                    } else {
+                        "process"
+                    };
+                    let e = ControlError::guest(&self.id, kind, e);
+                    if let Some(detail) = e.detail() {
+                        tracing::warn!(sandbox = %self.id, detail, "exec stream failed");
+                    }
+                    self.fail(e.public());
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, public: Error) {
+        self.finished = true;
+        self.pending.push_back(ExecEvent::Error {
+            code: public.code().as_str().to_owned(),
+            message: public.to_string(),
+        });
+        self.failure = Some(public);
+    }
+
+    /// Reads until the start event, which stays queued; a failure before it is returned.
+    async fn await_start(&mut self) -> Result<()> {
+        while self.pid.is_none() && !self.finished {
+            let item = self.reply.next().await;
+            match item {
+                Ok(Some(resp)) => self.on_event(resp).await,
+                Ok(None) => self.fail(Error::Unavailable(
+                    "the process stream ended before the process started".to_owned(),
+                )),
+                Err(e) => return Err(ControlError::guest(&self.id, "program", e)),
+            }
+        }
+        match self.failure.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn on_event(&mut self, resp: StartResponse) {
+        let Some(event) = resp.event.and_then(|e| e.event) else {
+            return;
+        };
+        match event {
+            Event::Start(s) => {
+                self.pid = Some(s.pid);
+                self.pending.push_back(ExecEvent::Start { pid: s.pid });
+                if let Some(input) = self.stdin.take() {
+                    self.send_stdin(s.pid, input.into_bytes()).await;
+                }
+                if self.timed_out {
+                    kill(&self.guest, &self.id, s.pid).await;
+                }
+            }
+            Event::Data(d) => match d.output {
+                Some(Output::Stdout(b)) => {
+                    let (data, data_b64) = self.out.push(&b);
+                    if data.is_some() {
+                        self.pending.push_back(ExecEvent::Stdout {
+                            data,
+                            data_b64: None,
+                        });
+                    }
+                    if data_b64.is_some() {
+                        self.pending.push_back(ExecEvent::Stdout {
+                            data: None,
+                            data_b64,
+                        });
+                    }
+                }
+                Some(Output::Stderr(b)) => {
+                    let (data, data_b64) = self.err.push(&b);
+                    if data.is_some() {
+                        self.pending.push_back(ExecEvent::Stderr {
+                            data,
+                            data_b64: None,
+                        });
+                    }
+                    if data_b64.is_some() {
+                        self.pending.push_back(ExecEvent::Stderr {
+                            data: None,
+                            data_b64,
+                        });
+                    }
+                }
+                Some(Output::Pty(_)) | None => {}
+            },
+            Event::End(end) => {
+                if let Some(rest) = self.out.finish() {
+                    self.pending.push_back(ExecEvent::Stdout {
+                        data: None,
+                        data_b64: Some(rest),
+                    });
+                }
+                if let Some(rest) = self.err.finish() {
+                    self.pending.push_back(ExecEvent::Stderr {
+                        data: None,
+                        data_b64: Some(rest),
+                    });
+                }
+                let signal = if end.exited {
+                    None
+                } else {
+                    signal_number(&end.status)
+                };
+                self.pending.push_back(ExecEvent::Exit {
+                    exit_code: end.exit_code,
+                    signal,
+                    oom: is_oom(end.error.as_deref()),
+                    timed_out: self.timed_out,
+                });
+                self.finished = true;
+                self.control.metrics().observe_exec(self.started.elapsed());
+                self.control.touch(&self.id);
+            }
+            Event::Keepalive(_) => {}
+        }
+    }
+
+    /// Step 4 of the module docs. A failure is logged: the process sees its stdin close.
+    async fn send_stdin(&self, pid: u32, input: Vec<u8>) {
+        for chunk in input.chunks(limits::STDIN_CHUNK) {
+            let req = SendInputRequest {
+                process: selector(pid),
+                input: Some(ProcessInput {
+                    input: Some(process_input::Input::Stdin(Bytes::copy_from_slice(chunk))),
+                }),
+            };
+            if let Err(e) = self
+                .guest
+                .unary::<_, SendInputResponse>("process.Process/SendInput", &req)
+                .await
+            {
+                tracing::debug!(sandbox = %self.id, error = %crate::error::chain(&e), "sending stdin");
+                break;
+            }
+        }
+        let req = CloseStdinRequest {
+            process: selector(pid),
+        };
+        if let Err(e) = self
+            .guest
+            .unary::<_, CloseStdinResponse>("process.Process/CloseStdin", &req)
+            .await
+        {
+            tracing::debug!(sandbox = %self.id, error = %crate::error::chain(&e), "closing stdin");
+        }
+    }
+
+    /// Gathers the whole run into an [`ExecResult`] (for `wait: true`).
+    pub async fn collect(mut self) -> Result<ExecResult> {
+        let cap = self.output_cap;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut truncated = false;
+        let mut keep = |buf: &mut Vec<u8>, data: Option<String>, b64: Option<String>| {
+            let bytes = match (data, b64) {
+                (Some(d), _) => d.into_bytes(),
+                (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .unwrap_or_default(),
+                (None, None) => Vec::new(),
+            };
+            let room = cap.saturating_sub(buf.len());
+            if bytes.len() > room {
+                truncated = true;
+            }
+            buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        };
+        while let Some(ev) = self.next().await {
+            match ev {
+                ExecEvent::Start { .. } => {}
+                ExecEvent::Stdout { data, data_b64 } => keep(&mut stdout, data, data_b64),
+                ExecEvent::Stderr { data, data_b64 } => keep(&mut stderr, data, data_b64),
+                ExecEvent::Exit {
+                    exit_code,
+                    signal,
+                    oom,
+                    timed_out,
+                } => {
+                    return Ok(ExecResult {
+                        exit_code,
+                        signal,
+                        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                        truncated,
+                        oom,
+                        timed_out,
+                    });
+                }
+                ExecEvent::Error { message, .. } => {
+                    return Err(self
+                        .failure
+                        .take()
+                        .unwrap_or(Error::Unavailable(message))
+                        .into());
+                }
+            }
+        }
+        Err(Error::Unavailable("the process stream ended without an exit event".to_owned()).into())
+    }
+}
+
+impl Drop for ExecStream {
+    fn drop(&mut self) {
+        // Step 6: a consumer that leaves early must not leave the process running.
+        if self.finished {
+            return;
+        }
+        if let (Some(pid), Ok(handle)) = (self.pid, tokio::runtime::Handle::try_current()) {
+            let guest = self.guest.clone();
+            let id = self.id.clone();
+            handle.spawn(async move { kill(&guest, &id, pid).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_is_split_on_character_boundaries() {
+        let mut s = Utf8Splitter::default();
+        let e = "é".as_bytes();
+        assert_eq!(s.push(b"ab"), (Some("ab".into()), None));
+        assert_eq!(s.push(&[b'x', e[0]]), (Some("x".into()), None));
+        assert_eq!(s.push(&[e[1], b'y']), (Some("éy".into()), None));
+        assert_eq!(s.finish(), None);
+        let (text, b64) = s.push(&[b'o', b'k', 0xff, b'a']);
+        assert_eq!(text.as_deref(), Some("ok"));
+        assert_eq!(b64.as_deref(), Some("/2E="));
+        assert_eq!(s.push(&[e[0]]), (None, None));
+        assert_eq!(s.finish().as_deref(), Some("ww=="));
+    }
+
+    #[test]
+    fn signals_and_oom_are_read_from_the_end_event() {
+        assert_eq!(signal_number("signal: killed"), Some(9));
+        assert_eq!(
+            signal_number("signal: segmentation fault (core dumped)"),
+            Some(11)
+        );
+        assert_eq!(signal_number("signal: signal 40"), Some(40));
+        assert_eq!(signal_number("exit status 1"), None);
+        assert!(is_oom(Some("out of memory: killed by the OOM killer")));
+        assert!(!is_oom(Some("signal: killed")));
+        assert!(!is_oom(None));
+    }
+
+    #[test]
+    fn validation_table() {
+        let base = || ExecRequest {
+            cmd: vec!["true".into()],
+            ..Default::default()
+        };
+        let cases: Vec<(ExecRequest, Option<&str>)> = vec![
+            (base(), None),
+            (
+                ExecRequest {
+                    cmd: vec![],
+                    ..base()
+                },
+                Some("cmd"),
+            ),
+            (
+                ExecRequest {
+                    cmd: vec!["".into()],
+                    ..base()
+                },
+                Some("cmd"),
+            ),
+            (
+                ExecRequest {
+                    cmd: vec!["a\0".into()],
+                    ..base()
+                },
+                Some("cmd"),
+            ),
+            (
+                ExecRequest {
+                    cwd: Some("/tmp".into()),
+                    ..base()
+                },
+                None,
+            ),
+            (
+                ExecRequest {
+                    cwd: Some("/proc/self/fd/3".into()),
+                    ..base()
+                },
+                Some("cwd"),
+            ),
+            (
+                ExecRequest {
+                    cwd: Some("/tmp/../proc/1/cwd".into()),
+                    ..base()
+                },
+                Some("cwd"),
+            ),
+            (
+                ExecRequest {
+                    cwd: Some("//proc".into()),
+                    ..base()
+                },
+                Some("cwd"),
+            ),
+            (
+                ExecRequest {
+                    cwd: Some("/procfs".into()),
+                    ..base()
+                },
+                None,
+            ),
+            (
+                ExecRequest {
+                    user: Some("root".into()),
+                    ..base()
+                },
+                None,
+            ),
+            (
+                ExecRequest {
+                    user: Some("Root".into()),
+                    ..base()
+                },
+                Some("user"),
+            ),
+            (
+                ExecRequest {
+                    user: Some("a:b".into()),
+                    ..base()
+                },
+                Some("user"),
+            ),
+            (
+                ExecRequest {
+                    timeout_s: Some(0),
+                    ..base()
+                },
+                Some("timeout_s"),
+            ),
+            (
+                ExecRequest {
+                    env: [("1X".to_owned(), "v".to_owned())].into(),
+                    ..base()
+                },
+                Some("env"),
+            ),
+            (
+                ExecRequest {
+                    stdin: Some("x".repeat(limits::MAX_STDIN + 1)),
+                    ..base()
+                },
+                Some("stdin"),
+            ),
+        ];
+        for (req, want) in cases {
+            let shown = format!("{:?}", (&req.cmd, &req.cwd, &req.user, req.timeout_s));
+            match (validate(req), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(field)) => {
+                    let msg = e.public().to_string();
+                    assert!(msg.starts_with(field), "{shown}: {msg}");
+                }
+                (got, want) => panic!("{shown}: got {:?}, want {want:?}", got.map(|_| ())),
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Files of a running sandbox, through its guest: streamed download and upload, list, stat,
+//! mkdir, move, remove.
+//!
+//! 1. Authorise (`sandbox.use`), check the sandbox is `running`, validate the path (1–4096
+//!    bytes, no NUL).
+//! 2. Call the guest, which resolves the path *inside the sandbox* as the user (so a symlink
+//!    to `/` leads to the sandbox's own root, never the host's).
+//! 3. Downloads stream the guest's body as the client reads it; uploads feed the guest from a
+//!    small bounded channel. Neither holds more than a few chunks in memory.
+//! 4. Replies are untrusted (R15): list and stat entries are copied field by field into
+//!    [`FileEntry`], with a bounded number of entries.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hutch_core::{Action, Error, SandboxId, SandboxState};
+use hutch_envd::filesystem::{
+    EntryInfo, FileType, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse,
+    MoveRequest, MoveResponse, RemoveRequest, RemoveResponse, StatRequest, StatResponse,
+};
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+use crate::exec::{guest_as, valid_user};
+use crate::{Caller, Control, ControlError, Result};
+
+/// Most entries a listing returns.
+pub const MAX_ENTRIES: usize = 10_000;
+const MAX_PATH: usize = 4096;
+
+/// A file or directory inside a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileEntry {
+    pub name: String,
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: i64,
+    /// Unix mode bits.
+    pub mode: u32,
+}
+
+impl From<EntryInfo> for FileEntry {
+    fn from(e: EntryInfo) -> Self {
+        let kind = match FileType::try_from(e.r#type) {
+            Ok(FileType::File) => "file",
+            Ok(FileType::Directory) => "dir",
+            Ok(FileType::Symlink) => "symlink",
+            _ => "other",
+        };
+        FileEntry {
+            name: e.name,
+            path: e.path,
+            kind: if e.is_symlink { "symlink" } else { kind }.to_owned(),
+            size: e.size,
+            mode: e.mode,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FileList {
+    pub entries: Vec<FileEntry>,
+}
+
+/// `POST /v1/sandboxes/{id}/files/move`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MoveFile {
+    pub source: String,
+    pub destination: String,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/files/mkdir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct MakeDir {
+    pub path: String,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+fn check_path(field: &str, path: &str) -> Result<()> {
+    if path.is_empty() || path.len() > MAX_PATH || path.contains('\0') {
+        return Err(Error::InvalidInput(format!(
+            "{field}: must be 1 to {MAX_PATH} bytes without NUL"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn check_user(user: Option<&str>) -> Result<()> {
+    match user {
+        Some(u) if !valid_user(u) => {
+            Err(Error::InvalidInput("user: must be a user name of the sandbox".to_owned()).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Control {
+    /// Step 1 of the module docs.
+    async fn file_target(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<SandboxId> {
+        let record = self.lookup(caller, Action::SandboxUse, id).await?;
+        if record.state != SandboxState::Running {
+            return Err(
+                Error::Conflict(format!("the sandbox is {}, not running", record.state)).into(),
+            );
+        }
+        check_path("path", path)?;
+        check_user(user)?;
+        self.touch(&record.id);
+        Ok(record.id)
+    }
+
+    /// A file's bytes, streamed as the consumer reads them.
+    pub async fn download(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
+        let sid = self.file_target(caller, id, path, user).await?;
+        let guest = guest_as(self, &sid, None)?;
+        let body = guest
+            .download(path, user)
+            .await
+            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        Ok(body.map(move |chunk| {
+            chunk.map_err(|e| {
+                tracing::warn!(error = %crate::error::chain(&e), "download from a guest broke");
+                std::io::Error::other("the sandbox's guest stopped sending")
+            })
+        }))
+    }
+
+    /// Writes a file from a stream of bytes (created or replaced atomically by the guest).
+    pub async fn upload<S>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let sid = self.file_target(caller, id, path, user).await?;
+            let guest = guest_as(self, &sid, None)?;
+            // The guest client wants a `Sync` stream; a bounded channel makes one and keeps
+            // at most a few chunks in flight.
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+            let pump = tokio::spawn(async move {
+                let mut body = std::pin::pin!(body);
+                while let Some(chunk) = body.next().await {
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = guest
+                .upload(path, user, tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map_err(|e| ControlError::guest(&sid, "file", e));
+            pump.abort();
+            result
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
+    pub async fn list_files(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<FileList> {
+        let sid = self.file_target(caller, id, path, user).await?;
+        let guest = guest_as(self, &sid, user)?;
+        let req = ListDirRequest {
+            path: path.to_owned(),
+            depth: 1,
+        };
+        let resp: ListDirResponse = guest
+            .unary("filesystem.Filesystem/ListDir", &req)
+            .await
+            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        Ok(FileList {
+            entries: resp
+                .entries
+                .into_iter()
+                .take(MAX_ENTRIES)
+                .map(FileEntry::from)
+                .collect(),
+        })
+    }
+
+    pub async fn stat_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<FileEntry> {
+        let sid = self.file_target(caller, id, path, user).await?;
+        let guest = guest_as(self, &sid, user)?;
+        let resp: StatResponse = guest
+            .unary(
+                "filesystem.Filesystem/Stat",
+                &StatRequest {
+                    path: path.to_owned(),
+                },
+            )
+            .await
+            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        entry(&sid, resp.entry)
+    }
+
+    pub async fn make_dir(&self, caller: &Caller, id: &str, req: MakeDir) -> Result<FileEntry> {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let sid = self
+                .file_target(caller, id, &req.path, req.user.as_deref())
+                .await?;
+            let guest = guest_as(self, &sid, req.user.as_deref())?;
+            let resp: MakeDirResponse = guest
+                .unary(
+                    "filesystem.Filesystem/MakeDir",
+                    &MakeDirRequest {
+                        path: req.path.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+            entry(&sid, resp.entry)
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
+    pub async fn move_file(&self, caller: &Caller, id: &str, req: MoveFile) -> Result<FileEntry> {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let sid = self
+                .file_target(caller, id, &req.source, req.user.as_deref())
+                .await?;
+            check_path("destination", &req.destination)?;
+            let guest = guest_as(self, &sid, req.user.as_deref())?;
+            let resp: MoveResponse = guest
+                .unary(
+                    "filesystem.Filesystem/Move",
+                    &MoveRequest {
+                        source: req.source.clone(),
+                        destination: req.destination.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+            entry(&sid, resp.entry)
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
+    pub async fn remove_file(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<()> {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let sid = self.file_target(caller, id, path, user).await?;
+            let guest = guest_as(self, &sid, user)?;
+            let _: RemoveResponse = guest
+                .unary(
+                    "filesystem.Filesystem/Remove",
+                    &RemoveRequest {
+                        path: path.to_owned(),
+                    },
+                )
+                .await
+                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+            Ok(())
+        }
+        .await;
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+}
+
+fn entry(id: &SandboxId, e: Option<EntryInfo>) -> Result<FileEntry> {
+    e.map(FileEntry::from).ok_or_else(|| ControlError::Hidden {
+        public: Error::Unavailable("the sandbox's guest did not answer as expected".to_owned()),
+        context: "guest call",
+        detail: format!("sandbox {id}: a reply without its entry"),
+    })
+}

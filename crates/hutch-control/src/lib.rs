@@ -1,0 +1,177 @@
+//! The control plane's service layer: everything `hutch serve` decides, with no HTTP in sight.
+//!
+//! This crate owns:
+//! - authentication of API keys and the bootstrap of the operator's key ([`admin`]);
+//! - workspaces, quotas, API keys and the audit log ([`admin`]);
+//! - the sandbox lifecycle: create, get, list, delete, timeout, the expiry sweeper and recovery
+//!   at start ([`sandboxes`]), with one async lock per sandbox and compare-and-swap state
+//!   changes (R12);
+//! - exec, files and PTY sessions, translated onto the sandbox's guest (`hutch-guest`, E2B's
+//!   envd protocol) through [`hutch_agent::HostAgent::guest`] ([`exec`], [`files`], [`pty`]);
+//! - Prometheus metrics ([`metrics`]);
+//! - with feature `testing`, [`testing::ProcessAgent`], a host-agent test double.
+//!
+//! It must not: know about HTTP (the API crate extracts, authenticates and calls a method
+//! here with typed arguments, and maps [`ControlError`] to a status in one place); talk to a
+//! host other than through [`hutch_agent::HostAgent`]; trust a guest's replies (R15: every
+//! one is bounded); hold unbounded output (R16); log or store a key's secret.
+//!
+//! Every service method takes a [`Caller`] (an authenticated principal and the request id),
+//! checks [`hutch_core::authorize`], and treats another workspace's object as not found.
+//! Every mutating call appends an audit entry with its outcome.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod error;
+pub mod exec;
+pub mod files;
+pub mod metrics;
+pub mod pty;
+pub mod sandboxes;
+pub mod views;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hutch_agent::{HostAgent, TemplateLayers};
+use hutch_core::{Capacity, Principal, RequestId, SandboxId};
+use hutch_store::{Store, TemplateRecord};
+
+pub use admin::Bootstrap;
+pub use error::{ControlError, Result};
+pub use metrics::Metrics;
+
+/// Settings of the control plane.
+#[derive(Clone)]
+pub struct ControlConfig {
+    /// `HUTCH_ADMIN_KEY`: on first start, the operator's key. `None`: one is generated and
+    /// returned once by [`Control::start`].
+    pub admin_key: Option<String>,
+    /// What this (single) host may hold in total; checked at create (503 when full).
+    pub capacity: Capacity,
+    /// How often the sweeper looks for expired sandboxes.
+    pub sweep_interval: Duration,
+    /// Most stdout (and, separately, stderr) bytes kept by `exec` with `wait: true`.
+    pub exec_output_cap: usize,
+    /// Turns a ready template row into the layers the host needs.
+    pub layers: Arc<dyn LayerSource>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            admin_key: None,
+            capacity: Capacity {
+                max_sandboxes: 1000,
+                cpu_millis: 1_000_000,
+                memory_mb: 1 << 20,
+                disk_mb: 1 << 24,
+            },
+            sweep_interval: Duration::from_secs(5),
+            exec_output_cap: 1 << 20,
+            layers: Arc::new(ManifestLayers),
+        }
+    }
+}
+
+/// Where a template's layer list comes from. The template builder owns the real answer (the
+/// layer manifest in the blob store); until it is wired in, [`ManifestLayers`] passes the
+/// manifest digest as the one layer and lets the agent resolve it.
+#[async_trait::async_trait]
+pub trait LayerSource: Send + Sync {
+    async fn layers(&self, template: &TemplateRecord) -> Result<TemplateLayers>;
+}
+
+/// The default [`LayerSource`]: the template's manifest digest as its only layer, `root` as
+/// its user.
+pub struct ManifestLayers;
+
+#[async_trait::async_trait]
+impl LayerSource for ManifestLayers {
+    async fn layers(&self, t: &TemplateRecord) -> Result<TemplateLayers> {
+        Ok(TemplateLayers {
+            name: t.reference.to_string(),
+            layers: t.digest.into_iter().collect(),
+            default_user: "root".to_owned(),
+            default_workdir: None,
+        })
+    }
+}
+
+/// Who is calling: an authenticated principal, and the request id for logs and the audit log.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub request_id: Option<RequestId>,
+}
+
+/// The control plane. Cheap to clone; background tasks hold a clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    agent: Arc<dyn HostAgent>,
+    config: ControlConfig,
+    locks: Locks,
+    /// Serialises the quota and capacity check with the insert that consumes it.
+    admission: tokio::sync::Mutex<()>,
+    metrics: Metrics,
+}
+
+impl Control {
+    pub fn new(store: Arc<dyn Store>, agent: Arc<dyn HostAgent>, config: ControlConfig) -> Self {
+        Control {
+            inner: Arc::new(Inner {
+                store,
+                agent,
+                config,
+                locks: Locks::default(),
+                admission: tokio::sync::Mutex::new(()),
+                metrics: Metrics::new(),
+            }),
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    fn agent(&self) -> &dyn HostAgent {
+        self.inner.agent.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Activity on a sandbox (exec, files, PTY). The idle clock of the sleep/wake work hooks
+    /// in here; today it does nothing.
+    fn touch(&self, _id: &SandboxId) {}
+}
+
+/// One async lock per sandbox: operations on a sandbox run one at a time (R12).
+#[derive(Default)]
+struct Locks(Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Locks {
+    fn of(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    /// Drops the lock of a sandbox that no longer exists (if nobody else holds it).
+    fn forget(&self, id: &SandboxId) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(id);
+        }
+    }
+}
