@@ -17,6 +17,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -173,14 +174,29 @@ impl CliDriver {
         bundle.join("runtime.log")
     }
 
-    fn create(&self, id: &str, bundle: &Path, io: &ContainerIo) -> Result<(), RuntimeError> {
+    fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: &ContainerIo,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
         validate_id(id)?;
         let (stdout, stderr, _) = self.open_io(io)?;
         let log = Self::runtime_log(bundle);
         let log_offset = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = self.command()?;
         cmd.arg("--log").arg(&log);
-        cmd.arg("create").arg("--bundle").arg(bundle).arg(id);
+        cmd.arg("create");
+        if !fds.is_empty() {
+            cmd.arg("--preserve-fds").arg(fds.len().to_string());
+            preserve_fds(&mut cmd, fds).map_err(|source| RuntimeError::Io {
+                op: "preserve fds",
+                path: bundle.to_path_buf(),
+                source,
+            })?;
+        }
+        cmd.arg("--bundle").arg(bundle).arg(id);
         // The container's init inherits the runtime's stdio: files, never pipes we would have
         // to drain, never a terminal.
         cmd.stdout(stdout).stderr(stderr);
@@ -358,6 +374,59 @@ impl RawState {
     }
 }
 
+/// Makes `fds` descriptors 3, 4, ... of the runtime process `cmd` will start (both runtimes
+/// pass `--preserve-fds N` descriptors from 3 on to the container's process).
+///
+/// In the child, between `fork` and `exec`: each source is first duplicated above the target
+/// range (close-on-exec), so a source that already sits at a target number cannot be clobbered
+/// by another's `dup2`; then `dup2` puts each copy at its target, which clears close-on-exec on
+/// the target only. The temporary copies close at `exec`.
+fn preserve_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, RawFd};
+    if fds.len() > crate::runtime::MAX_PRESERVED_FDS {
+        return Err(std::io::Error::other(format!(
+            "at most {} descriptors can be preserved",
+            crate::runtime::MAX_PRESERVED_FDS
+        )));
+    }
+    let n = fds.len();
+    let mut sources: [RawFd; crate::runtime::MAX_PRESERVED_FDS] =
+        [-1; crate::runtime::MAX_PRESERVED_FDS];
+    for (slot, fd) in sources.iter_mut().zip(fds) {
+        *slot = fd.as_raw_fd();
+    }
+    // Descriptor numbers are small non-negative ints; n <= 8.
+    let first_free = 3 + n as RawFd;
+    // SAFETY: the closure runs in the forked child before exec. It only calls `fcntl` and
+    // `dup2` on descriptor numbers copied into a fixed array before the fork (no allocation,
+    // no lock, async-signal-safe). The sources stay open in the parent until the child has been
+    // spawned because the caller's borrows outlive `cmd.status()`.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut copies: [RawFd; crate::runtime::MAX_PRESERVED_FDS] =
+                [-1; crate::runtime::MAX_PRESERVED_FDS];
+            for i in 0..n {
+                // SAFETY: F_DUPFD_CLOEXEC on an open descriptor only allocates a new number.
+                let c = libc::fcntl(sources[i], libc::F_DUPFD_CLOEXEC, first_free);
+                if c < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                copies[i] = c;
+            }
+            for (i, &c) in copies.iter().enumerate().take(n) {
+                // SAFETY: dup2 onto 3 + i replaces whatever the child had there (the parent's
+                // close-on-exec descriptors only); the new descriptor is inheritable.
+                if libc::dup2(c, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 fn bounded(s: &str) -> String {
     let s = s.trim();
     if s.len() <= MAX_DETAIL {
@@ -429,7 +498,16 @@ macro_rules! delegate_runtime {
                 bundle: &Path,
                 io: &ContainerIo,
             ) -> Result<(), RuntimeError> {
-                self.0.create(id, bundle, io)
+                self.0.create(id, bundle, io, &[])
+            }
+            fn create_with_fds(
+                &self,
+                id: &str,
+                bundle: &Path,
+                io: &ContainerIo,
+                fds: &[BorrowedFd<'_>],
+            ) -> Result<(), RuntimeError> {
+                self.0.create(id, bundle, io, fds)
             }
             fn start(&self, id: &str) -> Result<(), RuntimeError> {
                 self.0.start(id)

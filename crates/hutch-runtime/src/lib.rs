@@ -24,7 +24,7 @@ pub mod spec;
 
 pub use cli::{Crun, Launch, Runc};
 pub use runtime::{
-    CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, Runtime, RuntimeError,
-    RuntimeKind, Signal,
+    CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, MAX_PRESERVED_FDS, Runtime,
+    RuntimeError, RuntimeKind, Signal,
 };
 pub use spec::{BindMount, CpuLimit, Isolation, SandboxSpec, SpecError, TmpfsMount, ValidSpec};

@@ -5,6 +5,7 @@
 //! own, never directly on an async worker (STYLE.md 8). Nothing here forks without exec.
 
 use std::fmt;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,6 +87,9 @@ pub enum ContainerIo {
     /// host state dir.
     LogFile(PathBuf),
 }
+
+/// Most descriptors [`Runtime::create_with_fds`] passes.
+pub const MAX_PRESERVED_FDS: usize = 8;
 
 /// A signal to deliver with [`Runtime::kill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,12 +175,43 @@ pub trait Runtime: Send + Sync + fmt::Debug {
     /// are set up and the process waits for [`Runtime::start`].
     fn create(&self, id: &str, bundle: &Path, io: &ContainerIo) -> Result<(), RuntimeError>;
 
+    /// Like [`Runtime::create`], also handing `fds` to the container's process as descriptors
+    /// 3, 4, ... (the runtimes' `--preserve-fds`), e.g. a listening socket bound by the caller
+    /// in a directory the sandbox never sees. At most [`MAX_PRESERVED_FDS`]. The caller keeps
+    /// its own copies; close them once this returns.
+    fn create_with_fds(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: &ContainerIo,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
+        if fds.is_empty() {
+            return self.create(id, bundle, io);
+        }
+        Err(RuntimeError::Unsupported {
+            runtime: self.kind(),
+            op: "create with preserved fds",
+        })
+    }
+
     /// Starts a created container's process.
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
 
     /// Creates and starts a container, returning once its process runs.
     fn run_detached(&self, id: &str, bundle: &Path, io: &ContainerIo) -> Result<(), RuntimeError> {
-        self.create(id, bundle, io)?;
+        self.run_detached_with_fds(id, bundle, io, &[])
+    }
+
+    /// [`Runtime::run_detached`] with descriptors passed as in [`Runtime::create_with_fds`].
+    fn run_detached_with_fds(
+        &self,
+        id: &str,
+        bundle: &Path,
+        io: &ContainerIo,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), RuntimeError> {
+        self.create_with_fds(id, bundle, io, fds)?;
         if let Err(e) = self.start(id) {
             let _ = self.delete(id, true);
             return Err(e);

@@ -2,6 +2,7 @@
 //! is a client of its REST API.
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the platform: REST API, control plane and the host agent.
+    Serve(serve::ServeArgs),
     /// Manage sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCmd),
@@ -39,6 +42,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    if let Cmd::Serve(serve_args) = args.cmd {
+        return run_server(serve_args);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -58,12 +64,40 @@ fn main() -> ExitCode {
             Cmd::Shell(a) => cli::shell::run(&api, &g, a).await,
             Cmd::Cp(a) => cli::cp::run(&api, &g, a).await,
             Cmd::Template(c) => cli::template_cmd(&api, &g, c).await,
+            Cmd::Serve(_) => Err(cli::CliError::Usage("serve runs on its own".into())),
         }
     });
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("hutch: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_server(args: serve::ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUTCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hutch: starting: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hutch serve: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -215,6 +215,10 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("proc_sys_read_only", proc_sys_read_only),
     ("memory_limit_oom_kills", memory_limit_oom_kills),
     ("pids_limit_stops_fork_bomb", pids_limit_stops_fork_bomb),
+    (
+        "preserved_fds_reach_the_process",
+        preserved_fds_reach_the_process,
+    ),
 ];
 
 /// Runs every check against `rt`, each isolated from the others' panics; panics listing the
@@ -542,4 +546,43 @@ pub fn pids_limit_stops_fork_bomb(rt: &dyn Runtime, lab: &Lab) {
             );
         }
     }
+}
+
+/// A descriptor passed with `create_with_fds` is fd 3 of the container's process; without it
+/// (the positive twin) fd 3 is not open there.
+pub fn preserved_fds_reach_the_process(rt: &dyn Runtime, lab: &Lab) {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+    let id = lab.id();
+    let (bundle, _) = lab.bundle(
+        &id,
+        lab.spec(&id, &["sh", "-c", "echo through-fd-3 >&3 && echo wrote"]),
+    );
+    let log = lab.dir.path().join(format!("{id}.log"));
+    rt.run_detached_with_fds(
+        &id,
+        &bundle,
+        &ContainerIo::LogFile(log),
+        &[write_end.as_fd()],
+    )
+    .unwrap_or_else(|e| panic!("{} run_detached_with_fds: {e}", rt.kind()));
+    drop(write_end);
+    let mut got = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut got)
+        .expect("read pipe");
+    assert_eq!(got, "through-fd-3\n");
+    wait_until(|| matches!(rt.state(&id), Ok(s) if s.status == ContainerStatus::Stopped));
+    rt.delete(&id, true).expect("delete");
+    lab.cgroups
+        .sandbox(&id)
+        .expect("cg")
+        .remove()
+        .expect("rm cg");
+    assert!(lab.log(&id).contains("wrote"), "{}", lab.log(&id));
+
+    let id = lab.id();
+    let (code, out) = lab.run(rt, &id, lab.spec(&id, &["sh", "-c", "echo x >&3"]));
+    assert_ne!(code, 0, "fd 3 open without preserving it: {out}");
 }

@@ -1,0 +1,60 @@
+//! What a [`crate::LocalAgent`] is built from. Every path is a parameter (STYLE.md 4).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hutch_core::request::Runtime;
+use hutch_image::BuildConfig;
+use hutch_runtime::Isolation;
+
+/// Configuration of a [`crate::LocalAgent`].
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Everything the agent owns on disk lives here (0700): `layers/`, `rootfs/`, `runtime/`,
+    /// `sandboxes/`. Two agents must not share one.
+    pub data_dir: PathBuf,
+    /// The static `hutch-guest` binary, bound read-only into every sandbox at
+    /// [`crate::local::GUEST_PATH`].
+    pub guest_bin: PathBuf,
+    /// Root of the cgroup filesystem (`/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+    /// The cgroup every sandbox lives under (`hutch` → `hutch/<id>`).
+    pub cgroup_parent: String,
+    /// Where `/proc` is, for the posture check.
+    pub proc_root: PathBuf,
+    /// The runtime used when a launch names none; `None`: crun where it runs, else runc.
+    pub default_runtime: Option<Runtime>,
+    /// Cache of built-in template archives, outside the data dir so a fresh data dir
+    /// reuses them.
+    pub template_cache_dir: PathBuf,
+    /// Tools and inputs of the built-in template builders.
+    pub template_build: BuildConfig,
+    /// Most sandboxes this host runs at once.
+    pub max_sandboxes: usize,
+    /// How long a launch waits for the guest to answer `/health`.
+    pub guest_ready_timeout: Duration,
+    /// The sandbox's isolation. Always [`Isolation::default`] outside tests: security tests
+    /// weaken it to show an attack works with a protection off (the positive twin). The
+    /// posture check expects whatever this asks for.
+    pub isolation: Isolation,
+}
+
+impl AgentConfig {
+    /// Defaults for a host: `/sys/fs/cgroup`, parent `hutch`, `/proc`, the default template
+    /// cache, 1000 sandboxes, 10 s for the guest to come up.
+    pub fn new(data_dir: impl Into<PathBuf>, guest_bin: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            data_dir: data_dir.into(),
+            guest_bin: guest_bin.into(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_parent: "hutch".to_owned(),
+            proc_root: PathBuf::from("/proc"),
+            default_runtime: None,
+            template_cache_dir: PathBuf::from(hutch_image::template::DEFAULT_CACHE_DIR),
+            template_build: BuildConfig::default(),
+            max_sandboxes: 1000,
+            guest_ready_timeout: Duration::from_secs(10),
+            isolation: Isolation::default(),
+        }
+    }
+}

@@ -1,0 +1,988 @@
+//! [`LocalAgent`]: the [`HostAgent`] of the machine it runs on.
+//!
+//! # Data directory
+//!
+//! ```text
+//! <data>/                 0700
+//!   layers/<hex>/         unpacked template layers, read-only overlay lower dirs (see layers)
+//!   rootfs/<id>/          each sandbox's overlay and disk image (hutch-rootfs)
+//!   runtime/<crun|runc>/  the runtimes' `--root` state
+//!   sandboxes/<id>/       each sandbox's host state dir, 0700 (see state)
+//! ```
+//!
+//! # Launch
+//!
+//! 1. Check the runtime is usable here, the host has room, and every layer is cached.
+//! 2. Create `sandboxes/<id>/` 0700. If it exists, stop here and touch nothing: it belongs to
+//!    another launch.
+//! 3. Write `meta.json`, the guest's token and env files (the env is the request's plus
+//!    `HUTCH_SANDBOX_ID`, `HUTCH_TEMPLATE`, `E2B_SANDBOX=true`, `E2B_SANDBOX_ID`).
+//! 4. Prepare the root filesystem: overlay over the layers, upper dir on an ext4 image of
+//!    `disk_mb` (writing past it is ENOSPC inside, nothing outside changes).
+//! 5. Bind and listen on `guest.sock` in the state dir, in this process.
+//! 6. Write the OCI bundle: the guest binary bound read-only at [`GUEST_PATH`], `guest/` bound
+//!    read-only at [`GUEST_CONFIG_DIR`], cgroup `<parent>/<id>` with memory (no swap), pids and
+//!    CPU limits, hostname = id, the isolation defaults of DESIGN §3.
+//! 7. `create --preserve-fds 1` + `start`: the listening socket becomes the guest's fd 3
+//!    (`--listen-fd 3`, which the guest marks close-on-exec); the guest also listens on
+//!    `0.0.0.0:49983` in the sandbox's own network namespace for the proxy. The agent closes its
+//!    copy of the socket.
+//! 8. Wait for `GET /health` over the socket, up to a deadline. The socket listens before the
+//!    guest runs, so the first request simply waits for the guest to serve: no sleeps.
+//! 9. Check the guest's posture from outside (R17): capability sets, no_new_privs, seccomp
+//!    mode 2, namespaces distinct from the agent's, open descriptors of allowed kinds only.
+//! 10. Any failure after step 2 undoes everything ([`HostAgent::destroy`]'s path) and returns
+//!     the error.
+//!
+//! Launch and destroy of one id are serialised by a per-id lock. A launch's future must run
+//! to completion (the control plane runs lifecycle work detached from requests): dropping it
+//! halfway would leave the pieces made so far for [`LocalAgent::cleanup_leftovers`].
+//!
+//! # Destroy
+//!
+//! Idempotent, from any partial state, with no memory of the launch (so it is also the
+//! crash-recovery path): delete the runtime container (`delete --force`), kill whatever is
+//! left in the cgroup and remove its directories, tear down the rootfs (unmount, detach the
+//! loop device, remove files), remove the state dir.
+//!
+//! # Restart
+//!
+//! Nothing needed lives only in memory: a new agent on the same data dir finds a sandbox's
+//! runtime in `meta.json`, its token in `guest/token`, and its guest on `guest.sock` (the
+//! guest still holds the listening socket).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use hutch_cgroup::{CgroupFs, CgroupParent};
+use hutch_core::request::Runtime;
+use hutch_core::{Digest, SandboxId};
+use hutch_guest_client::{Endpoint, GuestClient};
+use hutch_image::Builtin;
+use hutch_rootfs::{PrepareSpec, RealHostOps, RootfsManager};
+use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
+use hutch_runtime::posture::{Expected, FdPolicy, Posture};
+use hutch_runtime::{
+    BindMount, ContainerIo, ContainerStatus, CpuLimit, Runtime as OciRuntime, RuntimeError,
+    RuntimeKind, SandboxSpec, Signal,
+};
+
+use crate::config::AgentConfig;
+use crate::host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
+use crate::layers::{LayerCache, LayerError};
+use crate::state::{Meta, StateDir};
+
+/// Where the guest binary appears inside every sandbox (read-only).
+pub const GUEST_PATH: &str = "/.hutch/guest";
+/// Where the guest's token and env files appear inside every sandbox (read-only).
+pub const GUEST_CONFIG_DIR: &str = "/.hutch/config";
+/// The guest's TCP address inside the sandbox's own network namespace (envd's port).
+pub const GUEST_LISTEN: &str = "0.0.0.0:49983";
+/// The user processes run as when a template names none. `root` for both built-in
+/// templates (they also have `user`, uid 1000; see docs/decisions.md).
+pub const BUILTIN_DEFAULT_USER: &str = "root";
+
+const PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// RLIMIT_NOFILE of sandbox processes (below this host's hard limit of 20000).
+const NOFILE: u64 = 16384;
+/// CFS period of the CPU limit.
+const CPU_PERIOD_US: u64 = 100_000;
+/// Most descriptors the guest may hold when its posture is checked.
+const MAX_GUEST_FDS: usize = 64;
+
+/// Errors building a [`LocalAgent`].
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("create {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest binary {0} is missing (build it with `make guest`)")]
+    GuestMissing(PathBuf),
+    #[error("open cgroups at {path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: hutch_cgroup::CgroupError,
+    },
+    #[error("open the rootfs manager")]
+    Rootfs(#[source] hutch_rootfs::RootfsError),
+    #[error("open the layer cache")]
+    Layers(#[source] LayerError),
+    #[error("no OCI runtime is usable here: {0}")]
+    NoRuntime(String),
+    #[error("the configured default runtime {0} is not usable here")]
+    DefaultUnavailable(Runtime),
+}
+
+/// The host agent of this machine.
+pub struct LocalAgent {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AgentConfig,
+    sandboxes_dir: PathBuf,
+    layers: LayerCache,
+    rootfs: RootfsManager<RealHostOps>,
+    cgroups: CgroupParent,
+    /// Usable runtimes, the default first.
+    runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)>,
+    posture: Posture,
+    /// Guest tokens of the sandboxes seen since start (also in each state dir).
+    tokens: Mutex<HashMap<SandboxId, String>>,
+    /// One lock per sandbox id: launch and destroy of one id never overlap.
+    locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn host_err<E>(op: &'static str, id: &SandboxId) -> impl FnOnce(E) -> AgentError + use<E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let id = id.clone();
+    move |e| AgentError::Host {
+        op,
+        id,
+        source: Box::new(e),
+    }
+}
+
+fn kind_of(r: Runtime) -> RuntimeKind {
+    match r {
+        Runtime::Crun => RuntimeKind::Crun,
+        Runtime::Runc => RuntimeKind::Runc,
+        Runtime::Runsc => RuntimeKind::Runsc,
+    }
+}
+
+/// Runs blocking work off the async workers (STYLE.md 8).
+async fn blocking<T, F>(id: &SandboxId, f: F) -> Result<T, AgentError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, AgentError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(host_err("join a blocking task", id))?
+}
+
+fn mkdir_private(path: &Path) -> Result<(), InitError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| InitError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl LocalAgent {
+    /// Opens the agent on `config.data_dir`, creating its directories. Blocking (a few
+    /// runtime `--version` calls): call it before serving or from `spawn_blocking`.
+    pub fn new(mut config: AgentConfig) -> Result<LocalAgent, InitError> {
+        if !config.guest_bin.is_file() {
+            return Err(InitError::GuestMissing(config.guest_bin.clone()));
+        }
+        // A host path of ours (not a sandbox's tree): canonical, so the bind mount's source
+        // is absolute without `..`.
+        config.guest_bin = fs::canonicalize(&config.guest_bin).map_err(|source| InitError::Io {
+            path: config.guest_bin.clone(),
+            source,
+        })?;
+        let data = &config.data_dir;
+        mkdir_private(data)?;
+        let sandboxes_dir = data.join("sandboxes");
+        mkdir_private(&sandboxes_dir)?;
+        let layers = LayerCache::open(data.join("layers")).map_err(InitError::Layers)?;
+        let rootfs = RootfsManager::new(data.join("rootfs"), RealHostOps::default())
+            .map_err(InitError::Rootfs)?;
+        let cgroup_fs =
+            CgroupFs::open(&config.cgroup_root).map_err(|source| InitError::Cgroup {
+                path: config.cgroup_root.clone(),
+                source,
+            })?;
+        let cgroups =
+            cgroup_fs
+                .parent(&config.cgroup_parent)
+                .map_err(|source| InitError::Cgroup {
+                    path: config.cgroup_root.join(&config.cgroup_parent),
+                    source,
+                })?;
+
+        let default = match config.default_runtime {
+            Some(r) => Some(kind_of(r)),
+            None => RuntimeKind::default_for_host(),
+        };
+        let mut order = vec![RuntimeKind::Crun, RuntimeKind::Runc];
+        if let Some(d) = default {
+            order.retain(|k| *k != d);
+            order.insert(0, d);
+        }
+        let mut runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)> = Vec::new();
+        let mut why = Vec::new();
+        for kind in order {
+            let root = data.join("runtime").join(kind.name());
+            match kind.open(&root, &cgroup_fs) {
+                Ok(rt) => {
+                    let r = match kind {
+                        RuntimeKind::Crun => Runtime::Crun,
+                        RuntimeKind::Runc => Runtime::Runc,
+                        RuntimeKind::Runsc => Runtime::Runsc,
+                    };
+                    runtimes.push((r, Arc::from(rt)));
+                }
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        if runtimes.is_empty() {
+            return Err(InitError::NoRuntime(why.join("; ")));
+        }
+        if let Some(wanted) = config.default_runtime
+            && runtimes[0].0 != wanted
+        {
+            return Err(InitError::DefaultUnavailable(wanted));
+        }
+        let posture = Posture::new(&config.proc_root, "self");
+        Ok(LocalAgent {
+            inner: Arc::new(Inner {
+                config,
+                sandboxes_dir,
+                layers,
+                rootfs,
+                cgroups,
+                runtimes,
+                posture,
+                tokens: Mutex::new(HashMap::new()),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The directory of a cached layer (it may not exist).
+    pub fn layer_dir(&self, digest: &Digest) -> PathBuf {
+        self.inner.layers.path(digest)
+    }
+
+    /// The host state directory of a sandbox (it may not exist).
+    pub fn state_dir(&self, id: &SandboxId) -> PathBuf {
+        self.inner.state(id).dir
+    }
+
+    /// The runtime `--root` of `runtime` on this host, if it is usable here.
+    pub fn runtime_state_root(&self, runtime: Runtime) -> Option<PathBuf> {
+        self.inner
+            .runtime(runtime)
+            .map(|rt| rt.state_root().to_path_buf())
+    }
+
+    /// The cgroup directories sandbox `id` has or would have.
+    pub fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        self.inner
+            .cgroups
+            .sandbox(id.as_str())
+            .map(|cg| cg.dirs())
+            .unwrap_or_default()
+    }
+
+    /// Makes layer `digest` present by unpacking `archive` (which must hash to it) with the
+    /// strict unpacker, into a temp dir renamed into place under a lock.
+    pub async fn install_layer(&self, digest: Digest, archive: PathBuf) -> Result<(), AgentError> {
+        let layers = self.inner.layers.clone();
+        tokio::task::spawn_blocking(move || layers.install(&digest, &archive))
+            .await
+            .map_err(|e| AgentError::Template {
+                name: digest.to_string(),
+                reason: e.to_string(),
+            })?
+            .map(drop)
+            .map_err(|e| AgentError::Template {
+                name: digest.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Makes one built-in template present: its archive in the template cache (built the
+    /// first time, with `progress` receiving the builder's lines) and its layer unpacked
+    /// here. Returns what `hutch serve` registers in its store; the layer digest is the
+    /// SHA-256 of the packed archive.
+    pub async fn ensure_builtin(
+        &self,
+        which: Builtin,
+        progress: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<TemplateLayers, AgentError> {
+        let cache = hutch_image::TemplateCache::new(
+            &self.inner.config.template_cache_dir,
+            self.inner.config.template_build.clone(),
+        );
+        let template_err = |reason: String| AgentError::Template {
+            name: which.name().to_owned(),
+            reason,
+        };
+        let cached = tokio::task::spawn_blocking(move || {
+            cache.ensure(which, &mut |line: &str| progress(line))
+        })
+        .await
+        .map_err(|e| template_err(e.to_string()))?
+        .map_err(|e| template_err(error_chain(&e)))?;
+        let digest = Digest::from_hex(&cached.sha256).map_err(|e| template_err(e.to_string()))?;
+        self.install_layer(digest, cached.archive).await?;
+        Ok(TemplateLayers {
+            name: which.name().to_owned(),
+            layers: vec![digest],
+            default_user: BUILTIN_DEFAULT_USER.to_owned(),
+            default_workdir: None,
+        })
+    }
+
+    /// [`LocalAgent::ensure_builtin`] for `busybox` and `debian:12` (the latter takes about
+    /// a minute the first time: mmdebstrap).
+    pub async fn ensure_builtin_templates(
+        &self,
+        progress: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Vec<TemplateLayers>, AgentError> {
+        let mut out = Vec::new();
+        for which in [Builtin::Busybox, Builtin::Debian12] {
+            out.push(self.ensure_builtin(which, progress.clone()).await?);
+        }
+        Ok(out)
+    }
+
+    /// Destroys every sandbox the host holds anything for whose id is not in `keep` (the
+    /// control plane's list after a restart). Returns the ids removed.
+    pub async fn cleanup_leftovers(
+        &self,
+        keep: &[SandboxId],
+    ) -> Result<Vec<SandboxId>, AgentError> {
+        let mut removed = Vec::new();
+        for id in self.held().await? {
+            if !keep.contains(&id) {
+                tracing::info!(sandbox = %id, "removing leftover sandbox state");
+                self.destroy(&id).await?;
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id.clone()).or_default().clone()
+    }
+
+    /// Launch step 8: polls `/health` until it answers or the deadline passes. The socket
+    /// listens before the guest runs, so a request waits in its backlog until the guest
+    /// serves; a failed request means the guest is gone or refused us, and if its container
+    /// is no longer running the launch fails at once.
+    async fn wait_for_guest(
+        &self,
+        id: &SandboxId,
+        client: &GuestClient,
+        runtime: Arc<dyn OciRuntime>,
+    ) -> Result<(), AgentError> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.guest_ready_timeout;
+        let mut pause = std::time::Duration::from_millis(1);
+        let not_ready = |reason: String| AgentError::GuestNotReady {
+            id: id.clone(),
+            reason: format!(
+                "{reason}; guest log: {}",
+                self.inner.state(id).log_tail(512)
+            ),
+        };
+        loop {
+            let failure = match tokio::time::timeout_at(deadline, client.health()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => return Err(not_ready("no answer to /health before the deadline".into())),
+            };
+            let rt = runtime.clone();
+            let cid = id.to_string();
+            let status =
+                blocking(id, move || Ok(rt.state(&cid).map(|info| info.status).ok())).await?;
+            if status != Some(ContainerStatus::Running) {
+                return Err(not_ready(format!("{failure}; container {status:?}")));
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(not_ready(failure));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// `e` and its sources, for log messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What step 7 of a launch leaves for the async steps.
+struct Started {
+    expected: Expected,
+    runtime: Arc<dyn OciRuntime>,
+}
+
+impl Inner {
+    fn state(&self, id: &SandboxId) -> StateDir {
+        StateDir::new(&self.sandboxes_dir, id.as_str())
+    }
+
+    fn runtime(&self, r: Runtime) -> Option<Arc<dyn OciRuntime>> {
+        self.runtimes
+            .iter()
+            .find(|(k, _)| *k == r)
+            .map(|(_, rt)| rt.clone())
+    }
+
+    fn token(&self, id: &SandboxId) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.get(id).cloned()
+    }
+
+    fn set_token(&self, id: &SandboxId, token: Option<String>) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match token {
+            Some(t) => tokens.insert(id.clone(), t),
+            None => tokens.remove(id),
+        };
+    }
+
+    /// Launch steps 1–3 (blocking). Returns the state dir once it is ours.
+    fn claim(&self, launch: &Launch) -> Result<StateDir, AgentError> {
+        let id = &launch.id;
+        if self.runtime(launch.runtime).is_none() {
+            return Err(AgentError::RuntimeUnavailable(launch.runtime.to_string()));
+        }
+        let held = fs::read_dir(&self.sandboxes_dir)
+            .map_err(host_err("count sandboxes", id))?
+            .count();
+        if held >= self.config.max_sandboxes {
+            return Err(AgentError::Capacity(format!(
+                "{held} of {} sandboxes",
+                self.config.max_sandboxes
+            )));
+        }
+        for layer in &launch.template.layers {
+            if !self.layers.contains(layer) {
+                return Err(AgentError::Template {
+                    name: launch.template.name.clone(),
+                    reason: format!("layer {layer} is not cached on this host"),
+                });
+            }
+        }
+        let state = self.state(id);
+        state
+            .create()
+            .map_err(host_err("create the sandbox state dir", id))?;
+        Ok(state)
+    }
+
+    /// Launch steps 3–7 (blocking), once the state dir is ours.
+    fn start(&self, launch: &Launch, state: &StateDir) -> Result<Started, AgentError> {
+        let id = &launch.id;
+        let rt = self
+            .runtime(launch.runtime)
+            .ok_or_else(|| AgentError::RuntimeUnavailable(launch.runtime.to_string()))?;
+
+        // 3. meta, token, env.
+        let env = sandbox_env(launch);
+        let meta = Meta {
+            runtime: launch.runtime,
+            template: launch.template.name.clone(),
+        };
+        state
+            .write(&meta, &launch.guest_token, &env)
+            .map_err(host_err("write the guest's config", id))?;
+
+        // 4. rootfs: overlay lower dirs are top-most first; template layers lowest first.
+        let lower = launch
+            .template
+            .layers
+            .iter()
+            .rev()
+            .map(|d| self.layers.path(d))
+            .collect();
+        let disk_mb = u64::from(launch.resources.disk_mb);
+        let prepared = self
+            .rootfs
+            .prepare(
+                id.as_str(),
+                &PrepareSpec {
+                    lower,
+                    disk_mb: (disk_mb > 0).then_some(disk_mb),
+                },
+            )
+            .map_err(host_err("prepare the root filesystem", id))?;
+
+        // 5. The guest's socket, in the state dir the sandbox never sees.
+        let listener =
+            UnixListener::bind(state.socket()).map_err(host_err("bind the guest socket", id))?;
+
+        // 6. The bundle.
+        let cgroup = self
+            .cgroups
+            .sandbox(id.as_str())
+            .map_err(host_err("name the cgroup", id))?;
+        let mut args = vec![
+            GUEST_PATH.to_owned(),
+            "--listen".into(),
+            GUEST_LISTEN.into(),
+            "--listen-fd".into(),
+            "3".into(),
+            "--user".into(),
+            launch.template.default_user.clone(),
+            "--env-file".into(),
+            format!("{GUEST_CONFIG_DIR}/env"),
+            "--access-token-file".into(),
+            format!("{GUEST_CONFIG_DIR}/token"),
+        ];
+        if let Some(w) = &launch.template.default_workdir {
+            args.extend(["--workdir".to_owned(), w.clone()]);
+        }
+        let r = &launch.resources;
+        let spec = SandboxSpec {
+            rootfs: prepared.rootfs,
+            readonly_rootfs: false,
+            args,
+            env: vec![("PATH".into(), PATH_ENV.into())],
+            cwd: "/".into(),
+            hostname: id.to_string(),
+            memory_limit_bytes: u64::from(r.memory_mb) << 20,
+            pids_limit: i64::from(r.pids),
+            cpu: if r.cpu_millis == 0 {
+                CpuLimit::Unlimited
+            } else {
+                CpuLimit::Quota {
+                    quota_us: i64::from(r.cpu_millis) * (CPU_PERIOD_US as i64) / 1000,
+                    period_us: CPU_PERIOD_US,
+                }
+            },
+            cgroups_path: cgroup.oci_path(),
+            bind_mounts: vec![
+                BindMount {
+                    source: self.config.guest_bin.clone(),
+                    destination: GUEST_PATH.into(),
+                    readonly: true,
+                },
+                BindMount {
+                    source: state.guest_config(),
+                    destination: GUEST_CONFIG_DIR.into(),
+                    readonly: true,
+                },
+            ],
+            tmpfs_mounts: vec![],
+            network_namespace: None,
+            nofile: NOFILE,
+            isolation: self.config.isolation.clone(),
+        };
+        let valid = spec
+            .validate()
+            .map_err(host_err("validate the sandbox spec", id))?;
+        let bundle =
+            write_bundle(&state.bundle(), &valid).map_err(host_err("write the bundle", id))?;
+        let log = state.log();
+        let expected = Expected {
+            capabilities: capability_mask(&capabilities_of(&valid)),
+            no_new_privs: self.config.isolation.no_new_privileges,
+            seccomp_mode: if self.config.isolation.seccomp { 2 } else { 0 },
+            fds: FdPolicy {
+                max_fds: MAX_GUEST_FDS,
+                allowed_targets: vec![
+                    "/dev/null".into(),
+                    log.to_string_lossy().into_owned(),
+                    "socket:".into(),
+                    "anon_inode:".into(),
+                    "pipe:".into(),
+                ],
+            },
+        };
+
+        // 7. Create and start with the socket as fd 3; then it is the guest's alone.
+        rt.run_detached_with_fds(
+            id.as_str(),
+            &bundle,
+            &ContainerIo::LogFile(log),
+            &[listener.as_fd()],
+        )
+        .map_err(host_err("start the runtime", id))?;
+        drop(listener);
+        Ok(Started {
+            expected,
+            runtime: rt,
+        })
+    }
+
+    /// Launch step 9 (blocking): the guest's posture, from outside.
+    ///
+    /// The guest is found as the process of the sandbox's cgroup that is PID 1 of its own pid
+    /// namespace (`NSpid: <host> 1`): a file read instead of a `runtime state` child process
+    /// (5–10 ms), and a pid listed in the cgroup cannot be a recycled one of another process.
+    /// Only if that fails is the runtime asked.
+    fn check_posture(&self, id: &SandboxId, started: &Started) -> Result<u32, AgentError> {
+        let pid = match self.init_pid_from_cgroup(id) {
+            Some(pid) => pid,
+            None => {
+                let info = started
+                    .runtime
+                    .state(id.as_str())
+                    .map_err(host_err("read the container state", id))?;
+                match (info.status, info.pid) {
+                    (ContainerStatus::Running, Some(pid)) => pid,
+                    (status, _) => {
+                        return Err(AgentError::GuestNotReady {
+                            id: id.clone(),
+                            reason: format!("the container is {status:?} after start"),
+                        });
+                    }
+                }
+            }
+        };
+        let report = self
+            .posture
+            .check(pid, &started.expected)
+            .map_err(host_err("check the posture", id))?;
+        if !report.is_ok() {
+            return Err(AgentError::Posture {
+                id: id.clone(),
+                mismatches: format!("{:?}", report.mismatches),
+            });
+        }
+        u32::try_from(pid).map_err(|_| AgentError::GuestNotReady {
+            id: id.clone(),
+            reason: format!("bad pid {pid}"),
+        })
+    }
+
+    /// The host pid of the sandbox's init, from its cgroup (see [`Inner::check_posture`]).
+    fn init_pid_from_cgroup(&self, id: &SandboxId) -> Option<i32> {
+        let procs = self.cgroups.sandbox(id.as_str()).ok()?.procs().ok()?;
+        procs.into_iter().find(|pid| {
+            let status = self.config.proc_root.join(pid.to_string()).join("status");
+            fs::read_to_string(status).is_ok_and(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .is_some_and(|ns| ns.split_whitespace().last() == Some("1"))
+            })
+        })
+    }
+
+    /// Removes every trace of `id` (blocking, idempotent). Every step runs even if an
+    /// earlier one failed; the first failure is returned.
+    fn remove_everything(&self, id: &SandboxId) -> Result<(), AgentError> {
+        let state = self.state(id);
+        let mut first: Option<AgentError> = None;
+        let mut note = |r: Result<(), AgentError>| {
+            if let Err(e) = r {
+                tracing::warn!(sandbox = %id, error = %error_chain(&e), "destroy step failed");
+                first.get_or_insert(e);
+            }
+        };
+        // The runtime named in meta.json, or every runtime holding a container of this id.
+        let named = state.read_meta().ok().map(|m| m.runtime);
+        for (kind, rt) in &self.runtimes {
+            let holds = rt.state_root().join(id.as_str()).exists();
+            if Some(*kind) == named || holds {
+                note(delete_container(rt.as_ref(), id));
+            }
+        }
+        match self.cgroups.sandbox(id.as_str()) {
+            Ok(cg) => {
+                note(
+                    cg.kill_all(hutch_cgroup::Signal::KILL)
+                        .map_err(host_err("kill the cgroup", id)),
+                );
+                note(cg.remove().map_err(host_err("remove the cgroup", id)));
+            }
+            Err(e) => note(Err(host_err("name the cgroup", id)(e))),
+        }
+        note(
+            self.rootfs
+                .teardown(id.as_str())
+                .map_err(host_err("tear down the root filesystem", id)),
+        );
+        note(self.wait_for_loop_release(id));
+        note(state.remove().map_err(host_err("remove the state dir", id)));
+        self.set_token(id, None);
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Waits until no loop device is backed by the sandbox's disk image any more.
+    ///
+    /// The kernel releases a sandbox's mount namespace (and with it the last reference to
+    /// its ext4 upper dir) a moment after its last process has left the cgroup, so the
+    /// autoclear of the loop device can trail the teardown by a few milliseconds. Destroy
+    /// returns only once it has happened: "nothing left" holds when it returns.
+    fn wait_for_loop_release(&self, id: &SandboxId) -> Result<(), AgentError> {
+        use hutch_rootfs::HostOps;
+        const LOOP_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+        let dir = self.rootfs.root().join(id.as_str());
+        let start = std::time::Instant::now();
+        loop {
+            let left = self
+                .rootfs
+                .ops()
+                .loops_backed_under(&dir)
+                .map_err(host_err("list loop devices", id))?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() > LOOP_RELEASE_TIMEOUT {
+                return Err(host_err("wait for the loop device to be released", id)(
+                    std::io::Error::other(format!("{left:?} still bound")),
+                ));
+            }
+            for dev in &left {
+                let _ = self.rootfs.ops().loop_detach(dev);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// What the host holds of `id` (blocking).
+    fn inspect(&self, id: &SandboxId) -> Result<HostSandboxState, AgentError> {
+        let state = self.state(id);
+        let cg = self
+            .cgroups
+            .sandbox(id.as_str())
+            .map_err(host_err("name the cgroup", id))?;
+        if !state.exists() {
+            let leftovers = cg.exists()
+                || self
+                    .runtimes
+                    .iter()
+                    .any(|(_, rt)| rt.state_root().join(id.as_str()).exists())
+                || self.rootfs.root().join(id.as_str()).exists();
+            return Ok(if leftovers {
+                HostSandboxState::Dead {
+                    reason: "leftover host state without a sandbox state dir".into(),
+                }
+            } else {
+                HostSandboxState::Missing
+            });
+        }
+        let dead = |what: &str| {
+            let oom = cg.oom_kills().unwrap_or(0);
+            let reason = if oom > 0 {
+                format!("{what}; the OOM killer killed {oom} process(es) in it (out of memory)")
+            } else {
+                what.to_owned()
+            };
+            Ok(HostSandboxState::Dead { reason })
+        };
+        let Ok(meta) = state.read_meta() else {
+            return dead("its state dir has no readable meta.json (a launch died halfway)");
+        };
+        let Some(rt) = self.runtime(meta.runtime) else {
+            return dead(&format!("its runtime {} is not usable here", meta.runtime));
+        };
+        match rt.state(id.as_str()) {
+            Ok(info) => match info.status {
+                ContainerStatus::Running | ContainerStatus::Paused => Ok(HostSandboxState::Running),
+                ContainerStatus::Stopped => dead("its guest (the sandbox's init) exited"),
+                ContainerStatus::Creating | ContainerStatus::Created => {
+                    dead("its container was created but never started")
+                }
+            },
+            Err(RuntimeError::NotFound { .. }) => dead("the runtime holds no container for it"),
+            Err(e) => Err(host_err("read the container state", id)(e)),
+        }
+    }
+
+    /// Every sandbox id with a state dir, runtime container, cgroup or rootfs (blocking).
+    fn held(&self) -> Result<Vec<SandboxId>, AgentError> {
+        // AgentError has no host-wide variant (the trait's shape is fixed): errors that concern
+        // no sandbox name the nil id.
+        let nil = nil_id();
+        let mut names = BTreeSet::new();
+        let entries =
+            fs::read_dir(&self.sandboxes_dir).map_err(host_err("list state dirs", &nil))?;
+        for e in entries.flatten() {
+            names.insert(e.file_name().to_string_lossy().into_owned());
+        }
+        names.extend(
+            self.rootfs
+                .list()
+                .map_err(host_err("list root filesystems", &nil))?,
+        );
+        names.extend(
+            self.cgroups
+                .list()
+                .map_err(host_err("list cgroups", &nil))?,
+        );
+        for (_, rt) in &self.runtimes {
+            for c in rt
+                .list()
+                .map_err(host_err("list runtime containers", &nil))?
+            {
+                names.insert(c.id);
+            }
+        }
+        Ok(names
+            .into_iter()
+            .filter_map(|n| match SandboxId::parse(&n) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(name = %n, "ignoring host state that is not a sandbox id");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+/// The id errors name when they concern no sandbox (`sb` and zeros, which
+/// `SandboxId::generate` never yields in practice).
+fn nil_id() -> SandboxId {
+    SandboxId::parse(&format!("sb{}", "0".repeat(hutch_core::id::RANDOM_LEN)))
+        .unwrap_or_else(|_| SandboxId::generate())
+}
+
+/// `delete --force` (which kills a running container first); a missing one is done.
+fn delete_container(rt: &dyn OciRuntime, id: &SandboxId) -> Result<(), AgentError> {
+    match rt.delete(id.as_str(), true) {
+        Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+        Err(e) => {
+            // A container stuck mid-creation can refuse a forced delete: kill, then retry.
+            let _ = rt.kill(id.as_str(), Signal::KILL, true);
+            match rt.delete(id.as_str(), true) {
+                Ok(()) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+                Err(_) => Err(host_err("delete the container", id)(e)),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HostAgent for LocalAgent {
+    async fn ensure_template(&self, template: &TemplateLayers) -> Result<(), AgentError> {
+        let missing: Vec<String> = template
+            .layers
+            .iter()
+            .filter(|d| !self.inner.layers.contains(d))
+            .map(ToString::to_string)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Fetching layers from the blob store is the control plane's next step; today they
+        // arrive through `install_layer` / `ensure_builtin`.
+        Err(AgentError::Template {
+            name: template.name.clone(),
+            reason: format!("layers not cached on this host: {}", missing.join(", ")),
+        })
+    }
+
+    async fn launch(&self, launch: Launch) -> Result<Launched, AgentError> {
+        let id = launch.id.clone();
+        let lock = self.lock(&id);
+        let _guard = lock.lock().await;
+
+        let inner = self.inner.clone();
+        let l = launch.clone();
+        let state = blocking(&id, move || inner.claim(&l)).await?;
+
+        let inner = self.inner.clone();
+        let l = launch.clone();
+        let result: Result<Launched, AgentError> = async {
+            let started = blocking(&id, move || inner.start(&l, &state).map(Arc::new)).await?;
+            let client = GuestClient::new(Endpoint::Unix(self.inner.state(&id).socket()))
+                .with_token(launch.guest_token.clone());
+            self.wait_for_guest(&id, &client, started.runtime.clone())
+                .await?;
+            let inner = self.inner.clone();
+            let id2 = id.clone();
+            let init_pid = blocking(&id, move || inner.check_posture(&id2, &started)).await?;
+            Ok(Launched {
+                id: id.clone(),
+                runtime: launch.runtime,
+                init_pid,
+            })
+        }
+        .await;
+        match result {
+            Ok(launched) => {
+                self.inner.set_token(&id, Some(launch.guest_token));
+                Ok(launched)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %error_chain(&e), "launch failed; undoing it");
+                let inner = self.inner.clone();
+                let id2 = id.clone();
+                if let Err(undo) = blocking(&id, move || inner.remove_everything(&id2)).await {
+                    tracing::error!(sandbox = %id, error = %error_chain(&undo), "undoing a failed launch");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn guest(&self, id: &SandboxId) -> Result<GuestClient, AgentError> {
+        let state = self.inner.state(id);
+        let token = match self.inner.token(id) {
+            Some(t) => t,
+            None => {
+                // A sandbox launched before a restart: its token is in its state dir.
+                let t = state
+                    .read_token()
+                    .map_err(|_| AgentError::NotFound(id.clone()))?;
+                self.inner.set_token(id, Some(t.clone()));
+                t
+            }
+        };
+        if !state.exists() {
+            return Err(AgentError::NotFound(id.clone()));
+        }
+        Ok(GuestClient::new(Endpoint::Unix(state.socket())).with_token(token))
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<(), AgentError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().await;
+        let inner = self.inner.clone();
+        let id2 = id.clone();
+        blocking(id, move || inner.remove_everything(&id2)).await
+    }
+
+    async fn inspect(&self, id: &SandboxId) -> Result<HostSandboxState, AgentError> {
+        let inner = self.inner.clone();
+        let id2 = id.clone();
+        blocking(id, move || inner.inspect(&id2)).await
+    }
+
+    async fn held(&self) -> Result<Vec<SandboxId>, AgentError> {
+        let inner = self.inner.clone();
+        blocking(&nil_id(), move || inner.held()).await
+    }
+
+    fn runtimes(&self) -> Vec<Runtime> {
+        self.inner.runtimes.iter().map(|(r, _)| *r).collect()
+    }
+}
+
+/// The environment every process of a sandbox gets: the request's plus the platform's
+/// names, which win. (Templates carry no environment of their own yet: `TemplateLayers` has
+/// no field for it.)
+pub fn sandbox_env(launch: &Launch) -> BTreeMap<String, String> {
+    let mut env = launch.env.clone();
+    env.insert("HUTCH_SANDBOX_ID".into(), launch.id.to_string());
+    env.insert("HUTCH_TEMPLATE".into(), launch.template.name.clone());
+    env.insert("E2B_SANDBOX".into(), "true".into());
+    env.insert("E2B_SANDBOX_ID".into(), launch.id.to_string());
+    env
+}

@@ -1,0 +1,782 @@
+//! System tests of [`LocalAgent`] on this host: real runtimes (crun and runc), cgroups, loop
+//! devices, overlays and the static guest. They need root, the static guest binary
+//! (`HUTCH_GUEST_STATIC_BIN`, set by `make test`; else the `make guest` output path), crun and
+//! runc; a missing prerequisite fails naming it, never skips.
+//!
+//! Every hostile case has its positive twin: the same attack on a sandbox with the protection
+//! off (or the limit raised) succeeds, so a test cannot pass because the attack was
+//! mis-written.
+//!
+//! Run: `cargo test -p hutch-agent --test system` (as root). The launch latency measurement is
+//! `-- --ignored --nocapture measure_launch_to_first_output`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hutch_agent::{AgentConfig, HostAgent, HostSandboxState, Launch, LocalAgent, TemplateLayers};
+use hutch_core::request::{Resources, Runtime};
+use hutch_core::{SandboxId, WorkspaceId};
+use hutch_envd::process::process_event::{Event, data_event::Output};
+use hutch_envd::process::{ProcessConfig, StartRequest, StartResponse};
+use hutch_guest_client::GuestClient;
+use hutch_image::Builtin;
+use hutch_runtime::Isolation;
+use oci_spec::runtime::Capability;
+
+/// The cgroup parent of these tests (kept apart from a running server's `hutch`).
+const CGROUP_PARENT: &str = "hutch-agent-test";
+/// What the guest reports for a process the OOM killer ended
+/// (`hutch-guest/src/process/exit.rs`).
+const OOM_KILLED_ERROR: &str = "out of memory: killed by the OOM killer";
+
+fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "prerequisite missing: hutch-agent system tests need root (CI runs as root)"
+    );
+}
+
+fn guest_bin() -> PathBuf {
+    let path = std::env::var_os("HUTCH_GUEST_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/x86_64-unknown-linux-gnu/guest/hutch-guest")
+        });
+    assert!(
+        path.is_file(),
+        "prerequisite missing: the static guest binary {} (run `make guest`, or set \
+         HUTCH_GUEST_STATIC_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// One agent on a fresh data dir, with the busybox template cached. Dropping it (also when
+/// a test panics) destroys every sandbox it launched, through a fresh agent on the same data
+/// dir, so a failed test leaves no mounts, loop devices or cgroups behind.
+struct Host {
+    dir: tempfile::TempDir,
+    agent: LocalAgent,
+    busybox: TemplateLayers,
+    config: AgentConfig,
+    launched: std::sync::Mutex<Vec<SandboxId>>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.launched.lock().unwrap_or_else(|p| p.into_inner()));
+        let config = self.config.clone();
+        // A thread of its own: this may run inside the test's tokio runtime.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let agent = LocalAgent::new(config).expect("agent");
+                for id in ids {
+                    if let Err(e) = agent.destroy(&id).await {
+                        eprintln!("cleanup of {id}: {e}");
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+fn config(dir: &Path, isolation: Isolation) -> AgentConfig {
+    let mut c = AgentConfig::new(dir.join("data"), guest_bin());
+    c.cgroup_parent = CGROUP_PARENT.into();
+    c.template_cache_dir = dir.join("template-cache");
+    c.isolation = isolation;
+    c
+}
+
+async fn host_with(isolation: Isolation) -> Host {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-agent-")
+        .tempdir()
+        .expect("tempdir");
+    let cfg = config(dir.path(), isolation);
+    let agent = LocalAgent::new(cfg.clone()).expect("agent");
+    let runtimes = agent.runtimes();
+    assert!(
+        runtimes.contains(&Runtime::Crun) && runtimes.contains(&Runtime::Runc),
+        "prerequisite missing: crun and runc (apt-get install crun runc); usable: {runtimes:?}"
+    );
+    let busybox = agent
+        .ensure_builtin(Builtin::Busybox, Arc::new(|line: &str| eprintln!("{line}")))
+        .await
+        .expect("busybox template (prerequisite: busybox-static)");
+    Host {
+        dir,
+        agent,
+        busybox,
+        config: cfg,
+        launched: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
+async fn host() -> Host {
+    host_with(Isolation::default()).await
+}
+
+fn resources() -> Resources {
+    Resources {
+        cpu_millis: 1000,
+        memory_mb: 128,
+        disk_mb: 64,
+        pids: 128,
+    }
+}
+
+fn launch_of(h: &Host, runtime: Runtime, resources: Resources) -> Launch {
+    let mut env = BTreeMap::new();
+    env.insert("FROM_REQUEST".to_owned(), "yes".to_owned());
+    Launch {
+        id: SandboxId::generate(),
+        workspace: WorkspaceId::generate(),
+        template: h.busybox.clone(),
+        resources,
+        runtime,
+        env,
+        guest_token: format!("tok{}", SandboxId::generate()),
+    }
+}
+
+async fn start(h: &Host, runtime: Runtime, resources: Resources) -> SandboxId {
+    let l = launch_of(h, runtime, resources);
+    let id = l.id.clone();
+    h.launched.lock().expect("lock").push(id.clone());
+    let launched = h
+        .agent
+        .launch(l)
+        .await
+        .unwrap_or_else(|e| panic!("{runtime} launch: {e:?}"));
+    assert_eq!(launched.id, id);
+    id
+}
+
+/// What a command run through the guest did.
+#[derive(Debug, Default)]
+struct Ran {
+    exit_code: i32,
+    stdout: String,
+    stderr: String,
+    status: String,
+    error: Option<String>,
+}
+
+/// Runs `sh -c script` through the guest (`process.Process/Start`) to its end.
+async fn sh(client: &GuestClient, script: &str) -> Ran {
+    let req = StartRequest {
+        process: Some(ProcessConfig {
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            ..Default::default()
+        }),
+        stdin: Some(false),
+        ..Default::default()
+    };
+    let run = async {
+        let mut stream = client
+            .server_stream::<StartRequest, StartResponse>("process.Process/Start", &req)
+            .await
+            .expect("Start");
+        let mut ran = Ran::default();
+        while let Some(msg) = stream.next().await.expect("stream") {
+            match msg.event.and_then(|e| e.event) {
+                Some(Event::Data(d)) => match d.output {
+                    Some(Output::Stdout(b)) => ran.stdout.push_str(&String::from_utf8_lossy(&b)),
+                    Some(Output::Stderr(b)) => ran.stderr.push_str(&String::from_utf8_lossy(&b)),
+                    _ => {}
+                },
+                Some(Event::End(end)) => {
+                    ran.exit_code = end.exit_code;
+                    ran.status = end.status;
+                    ran.error = end.error;
+                }
+                _ => {}
+            }
+        }
+        ran
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("`{script}` did not end in 60 s"))
+}
+
+async fn sh_in(h: &Host, id: &SandboxId, script: &str) -> Ran {
+    let client = h.agent.guest(id).expect("guest client");
+    sh(&client, script).await
+}
+
+/// Asserts the host holds nothing of `id`: no mounts, loop devices, cgroup dirs, runtime
+/// state, rootfs or state dir.
+fn assert_nothing_left(h: &Host, id: &SandboxId) {
+    let data = h.dir.path().join("data");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(id.as_str()),
+        "mounts of {id} left:\n{}",
+        mountinfo
+            .lines()
+            .filter(|l| l.contains(id.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for entry in std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+    {
+        let backing = entry.path().join("loop/backing_file");
+        if let Ok(file) = std::fs::read_to_string(&backing) {
+            assert!(
+                !file.contains(id.as_str()),
+                "loop device {} still backs {file}",
+                entry.path().display()
+            );
+        }
+    }
+    for dir in h.agent.cgroup_dirs(id) {
+        assert!(!dir.exists(), "cgroup dir left: {}", dir.display());
+    }
+    for r in [Runtime::Crun, Runtime::Runc] {
+        let root = h.agent.runtime_state_root(r).expect("runtime");
+        assert!(!root.join(id.as_str()).exists(), "{r} state of {id} left");
+    }
+    assert!(
+        !data.join("rootfs").join(id.as_str()).exists(),
+        "rootfs left"
+    );
+    assert!(!h.agent.state_dir(id).exists(), "state dir left");
+}
+
+async fn lifecycle(runtime: Runtime) {
+    let h = host().await;
+    let id = start(&h, runtime, resources()).await;
+    assert_eq!(
+        h.agent.inspect(&id).await.expect("inspect"),
+        HostSandboxState::Running
+    );
+    assert!(h.agent.held().await.expect("held").contains(&id));
+
+    let ran = sh_in(
+        &h,
+        &id,
+        "echo $HUTCH_SANDBOX_ID $HUTCH_TEMPLATE $E2B_SANDBOX $E2B_SANDBOX_ID $FROM_REQUEST; hostname",
+    )
+    .await;
+    assert_eq!(ran.exit_code, 0, "{ran:?}");
+    assert_eq!(
+        ran.stdout,
+        format!("{id} busybox true {id} yes\n{id}\n"),
+        "{ran:?}"
+    );
+    // The guest binary and its config are read-only inside.
+    let ran = sh_in(
+        &h,
+        &id,
+        "echo x > /.hutch/guest; echo x > /.hutch/config/token",
+    )
+    .await;
+    assert!(
+        ran.stderr.matches("Read-only file system").count() == 2,
+        "{ran:?}"
+    );
+
+    h.agent.destroy(&id).await.expect("destroy");
+    assert_nothing_left(&h, &id);
+    h.agent.destroy(&id).await.expect("destroy is idempotent");
+    assert_eq!(
+        h.agent.inspect(&id).await.expect("inspect"),
+        HostSandboxState::Missing
+    );
+    assert!(h.agent.guest(&id).is_err(), "guest of a destroyed sandbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crun_launch_exec_destroy_leaves_nothing() {
+    lifecycle(Runtime::Crun).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_launch_exec_destroy_leaves_nothing() {
+    lifecycle(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_runtime_is_crun_then_runc() {
+    let h = host().await;
+    assert_eq!(h.agent.runtimes(), vec![Runtime::Crun, Runtime::Runc]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_launch_leaves_nothing() {
+    require_root();
+    let h = host().await;
+    // A guest that exits at once (busybox, static, run as `guest`: "applet not found"): the
+    // launch fails without waiting for the deadline and is undone.
+    let mut c = h.config.clone();
+    c.guest_bin = "/bin/busybox".into();
+    let broken = LocalAgent::new(c).expect("agent");
+    let l = launch_of(&h, Runtime::Crun, resources());
+    let id = l.id.clone();
+    h.launched.lock().expect("lock").push(id.clone());
+    let started = Instant::now();
+    let err = broken.launch(l).await.expect_err("launch must fail");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead guest must fail the launch at once, took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, hutch_agent::AgentError::GuestNotReady { .. }),
+        "{err:?}"
+    );
+    assert_nothing_left(&h, &id);
+
+    // A runtime not usable here (runsc): refused before anything is made.
+    let l = launch_of(&h, Runtime::Runsc, resources());
+    let id = l.id.clone();
+    let err = h.agent.launch(l).await.expect_err("launch must fail");
+    assert!(
+        matches!(err, hutch_agent::AgentError::RuntimeUnavailable(_)),
+        "{err:?}"
+    );
+    assert_nothing_left(&h, &id);
+
+    // A template whose layer is not cached: refused before anything is made.
+    let mut l = launch_of(&h, Runtime::Crun, resources());
+    l.template.layers = vec![hutch_core::Digest::of(b"not a layer")];
+    let id = l.id.clone();
+    let err = h.agent.launch(l).await.expect_err("launch must fail");
+    assert!(
+        matches!(err, hutch_agent::AgentError::Template { .. }),
+        "{err:?}"
+    );
+    assert_nothing_left(&h, &id);
+}
+
+/// `unshare -U`, `mount`, `mknod` of a device and writing `/proc/sys` from a process started
+/// through the guest are refused, on both runtimes; the twin sandbox without seccomp, with
+/// CAP_SYS_ADMIN + CAP_MKNOD and without read-only `/proc` paths lets all of them through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_syscalls_refused_through_the_guest() {
+    let h = host().await;
+    let weak = host_with(Isolation {
+        seccomp: false,
+        extra_capabilities: vec![Capability::SysAdmin, Capability::Mknod],
+        masked_and_readonly_paths: false,
+        no_new_privileges: false,
+    })
+    .await;
+    // busybox prints strerror(errno): EPERM is "Operation not permitted"; its mount applet
+    // words EPERM (and EACCES) as "permission denied (are you root?)".
+    let cases: &[(&str, &str)] = &[
+        ("unshare -U true", "Operation not permitted"),
+        (
+            "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m",
+            "permission denied",
+        ),
+        ("mknod /tmp/null c 1 3", "Operation not permitted"),
+        (
+            "echo other > /proc/sys/kernel/hostname",
+            "Read-only file system",
+        ),
+    ];
+    for runtime in [Runtime::Crun, Runtime::Runc] {
+        let id = start(&h, runtime, resources()).await;
+        let twin = start(&weak, runtime, resources()).await;
+        for (script, refusal) in cases {
+            let ran = sh_in(&h, &id, script).await;
+            assert_ne!(ran.exit_code, 0, "{runtime} `{script}` succeeded: {ran:?}");
+            assert!(
+                ran.stderr.contains(refusal),
+                "{runtime} `{script}`: expected {refusal:?}: {ran:?}"
+            );
+            let ran = sh_in(&weak, &twin, script).await;
+            assert_eq!(
+                ran.exit_code, 0,
+                "{runtime} twin `{script}` failed, so the attack is mis-written: {ran:?}"
+            );
+        }
+        h.agent.destroy(&id).await.expect("destroy");
+        weak.agent.destroy(&twin).await.expect("destroy");
+        assert_nothing_left(&h, &id);
+        assert_nothing_left(&weak, &twin);
+    }
+}
+
+/// A fork bomb is stopped at the pids limit and a neighbour stays responsive; the twin: the
+/// same number of processes that fails at the limit starts fine in a sandbox with room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_bomb_stops_at_the_pids_limit() {
+    let h = host().await;
+    let small = Resources {
+        pids: 32,
+        ..resources()
+    };
+    let bombed = start(&h, Runtime::Crun, small).await;
+    let neighbour = start(&h, Runtime::Crun, resources()).await;
+    let roomy = start(&h, Runtime::Runc, resources()).await;
+
+    let forty = "i=0; while [ $i -lt 40 ]; do sleep 300 & i=$((i+1)); done; echo started";
+    let ran = sh_in(&h, &roomy, forty).await;
+    assert_eq!(
+        ran.stdout, "started\n",
+        "twin: 40 processes in 128 pids: {ran:?}"
+    );
+    let ran = sh_in(&h, &bombed, forty).await;
+    assert!(
+        ran.stderr.contains("can't fork"),
+        "40 processes in 32 pids must fail: {ran:?}"
+    );
+
+    let client = h.agent.guest(&bombed).expect("guest");
+    let bomb = tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(30),
+            sh(&client, "f(){ f | f & }; f; sleep 30"),
+        )
+        .await;
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let ran = sh_in(&h, &neighbour, "echo alive").await;
+    assert_eq!(ran.stdout, "alive\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "neighbour took {:?} during the bomb",
+        started.elapsed()
+    );
+    let pids = hutch_cgroup::CgroupFs::system()
+        .expect("cgroups")
+        .parent(CGROUP_PARENT)
+        .expect("parent")
+        .sandbox(bombed.as_str())
+        .expect("cgroup")
+        .pids_current()
+        .expect("pids.current");
+    assert!(pids <= 32, "{pids} processes under a limit of 32");
+
+    for id in [&bombed, &neighbour, &roomy] {
+        h.agent.destroy(id).await.expect("destroy");
+        assert_nothing_left(&h, id);
+    }
+    bomb.abort();
+}
+
+/// Memory beyond the limit ends in an OOM kill the guest reports in the end event; the twin
+/// (a buffer below the limit) exits 0. Both runtimes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_past_the_limit_is_an_oom_kill() {
+    let h = host().await;
+    for runtime in [Runtime::Crun, Runtime::Runc] {
+        let id = start(
+            &h,
+            runtime,
+            Resources {
+                memory_mb: 64,
+                ..resources()
+            },
+        )
+        .await;
+        let ran = sh_in(&h, &id, "dd if=/dev/zero of=/dev/null bs=16M count=1").await;
+        assert_eq!(
+            ran.exit_code, 0,
+            "{runtime} twin: 16 MiB in 64 MiB: {ran:?}"
+        );
+        assert_eq!(ran.error, None);
+        let ran = sh_in(&h, &id, "exec dd if=/dev/zero of=/dev/null bs=100M count=1").await;
+        assert_eq!(
+            ran.error.as_deref(),
+            Some(OOM_KILLED_ERROR),
+            "{runtime}: {ran:?}"
+        );
+        assert_eq!(ran.status, "signal: killed", "{runtime}: {ran:?}");
+        // The sandbox survives its process's OOM kill.
+        let ran = sh_in(&h, &id, "echo still").await;
+        assert_eq!(ran.stdout, "still\n");
+        h.agent.destroy(&id).await.expect("destroy");
+        assert_nothing_left(&h, &id);
+    }
+}
+
+/// Writing past `disk_mb` is ENOSPC inside; the twin (a write below it) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_past_disk_mb_is_enospc() {
+    let h = host().await;
+    let id = start(
+        &h,
+        Runtime::Crun,
+        Resources {
+            disk_mb: 32,
+            ..resources()
+        },
+    )
+    .await;
+    let ran = sh_in(
+        &h,
+        &id,
+        "dd if=/dev/zero of=/tmp/small bs=1M count=8 && rm /tmp/small",
+    )
+    .await;
+    assert_eq!(ran.exit_code, 0, "twin: 8 MiB in 32 MiB: {ran:?}");
+    let ran = sh_in(&h, &id, "dd if=/dev/zero of=/root/fill bs=1M count=64").await;
+    assert_ne!(ran.exit_code, 0, "{ran:?}");
+    assert!(ran.stderr.contains("No space left on device"), "{ran:?}");
+    // Nothing outside grew: the sparse image is bounded by its size.
+    let img = h
+        .dir
+        .path()
+        .join("data/rootfs")
+        .join(id.as_str())
+        .join("disk.img");
+    let len = std::fs::metadata(&img).expect("disk image").len();
+    assert_eq!(len, 32 << 20);
+    h.agent.destroy(&id).await.expect("destroy");
+    assert_nothing_left(&h, &id);
+}
+
+/// The guest's socket exists only in the host state dir (0700): the sandbox's tree has no
+/// socket at all and not the host path; the twin: the host reaches the guest through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_socket_is_only_in_the_host_state_dir() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let h = host().await;
+    let id = start(&h, Runtime::Crun, resources()).await;
+    let state = h.agent.state_dir(&id);
+    let mode = std::fs::metadata(&state)
+        .expect("state")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let sock = state.join("guest.sock");
+    assert!(
+        std::fs::metadata(&sock)
+            .expect("socket")
+            .file_type()
+            .is_socket()
+    );
+    h.agent
+        .guest(&id)
+        .expect("guest")
+        .health()
+        .await
+        .expect("twin: reachable from the host");
+
+    let script = format!(
+        "find / -xdev -type s; find /.hutch -type s; ls -A /.hutch/config; test -e {} && echo visible; true",
+        sock.display()
+    );
+    let ran = sh_in(&h, &id, &script).await;
+    assert_eq!(ran.stdout, "env\ntoken\n", "{ran:?}");
+    h.agent.destroy(&id).await.expect("destroy");
+    assert_nothing_left(&h, &id);
+}
+
+/// After the agent is gone (as after SIGKILL): a new agent on the same data dir re-attaches
+/// a running sandbox, reports one whose processes were killed as dead, and removes leftovers
+/// of an id the caller does not know.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reattaches_and_cleans_up() {
+    let h = host().await;
+    let running = start(&h, Runtime::Crun, resources()).await;
+    let killed = start(&h, Runtime::Runc, resources()).await;
+    let unknown = start(&h, Runtime::Crun, resources()).await;
+    // As after SIGKILL: the agent goes without destroying anything, and a new one starts on
+    // the same data dir.
+    let mut h = h;
+    h.agent = LocalAgent::new(h.config.clone()).expect("a new agent on the same data dir");
+    assert_eq!(
+        h.agent.inspect(&running).await.expect("inspect"),
+        HostSandboxState::Running
+    );
+    let ran = sh_in(&h, &running, "echo again").await;
+    assert_eq!(ran.stdout, "again\n", "{ran:?}");
+
+    hutch_cgroup::CgroupFs::system()
+        .expect("cgroups")
+        .parent(CGROUP_PARENT)
+        .expect("parent")
+        .sandbox(killed.as_str())
+        .expect("cgroup")
+        .kill_all(hutch_cgroup::Signal::KILL)
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match h.agent.inspect(&killed).await.expect("inspect") {
+            HostSandboxState::Dead { reason } => {
+                assert!(reason.contains("exited"), "{reason}");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "still {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.agent.destroy(&killed).await.expect("destroy");
+    assert_nothing_left(&h, &killed);
+
+    let held = h.agent.held().await.expect("held");
+    assert!(
+        held.contains(&unknown) && held.contains(&running),
+        "{held:?}"
+    );
+    // `cleanup_leftovers` would do this for every held id the control plane does not know;
+    // here other tests' sandboxes share the cgroup parent, so destroy the one id directly.
+    h.agent.destroy(&unknown).await.expect("destroy a leftover");
+    assert_nothing_left(&h, &unknown);
+    assert_eq!(
+        h.agent.inspect(&unknown).await.expect("inspect"),
+        HostSandboxState::Missing
+    );
+
+    h.agent.destroy(&running).await.expect("destroy");
+    assert_nothing_left(&h, &running);
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Launch → first output of a command (busybox), p50 of 10, for crun and runc, against a
+/// bare `crun run` of `echo` on the same unpacked layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: cargo test -p hutch-agent --test system -- --ignored --nocapture"]
+async fn measure_launch_to_first_output() {
+    let h = host().await;
+    let n = 10;
+    for runtime in [Runtime::Crun, Runtime::Runc] {
+        let mut times = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            let id = start(&h, runtime, resources()).await;
+            let ran = sh_in(&h, &id, "echo hi").await;
+            times.push(t.elapsed());
+            assert_eq!(ran.stdout, "hi\n");
+            h.agent.destroy(&id).await.expect("destroy");
+        }
+        eprintln!("launch → first output, {runtime}: p50 {:?}", median(times));
+    }
+
+    let cgroups = hutch_cgroup::CgroupFs::system().expect("cgroups");
+    let parent = cgroups.parent(CGROUP_PARENT).expect("parent");
+    let crun = hutch_runtime::RuntimeKind::Crun
+        .open(h.dir.path().join("bare-crun"), &cgroups)
+        .expect("crun");
+    let rootfs = h.agent.layer_dir(&h.busybox.layers[0]);
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let id = SandboxId::generate();
+        let spec = hutch_runtime::SandboxSpec {
+            rootfs: rootfs.clone(),
+            readonly_rootfs: true,
+            args: vec!["/bin/echo".into(), "hi".into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: "/".into(),
+            hostname: id.to_string(),
+            memory_limit_bytes: 128 << 20,
+            pids_limit: 128,
+            cpu: hutch_runtime::CpuLimit::Quota {
+                quota_us: 100_000,
+                period_us: 100_000,
+            },
+            cgroups_path: format!("/{CGROUP_PARENT}/{id}"),
+            bind_mounts: vec![],
+            tmpfs_mounts: vec![],
+            network_namespace: None,
+            nofile: 1024,
+            isolation: Isolation::default(),
+        }
+        .validate()
+        .expect("spec");
+        let bundle = hutch_runtime::bundle::write_bundle(
+            &h.dir.path().join("bare").join(id.as_str()),
+            &spec,
+        )
+        .expect("bundle");
+        let log = h.dir.path().join(format!("bare-{id}.log"));
+        let t = Instant::now();
+        let code = crun
+            .run_to_exit(
+                id.as_str(),
+                &bundle,
+                &hutch_runtime::ContainerIo::LogFile(log.clone()),
+                Duration::from_secs(30),
+            )
+            .expect("crun run");
+        times.push(t.elapsed());
+        assert_eq!(code, 0);
+        assert_eq!(std::fs::read_to_string(&log).expect("log"), "hi\n");
+        parent
+            .sandbox(id.as_str())
+            .expect("cg")
+            .remove()
+            .expect("rm cgroup");
+    }
+    eprintln!(
+        "bare crun run of echo, same rootfs: p50 {:?}",
+        median(times)
+    );
+}
+
+/// `ensure_builtin_templates` builds (the first time, about a minute with mmdebstrap; cached in
+/// the default template cache outside the repository afterwards) and unpacks both built-in
+/// templates, and a `debian:12` sandbox runs python3 on both runtimes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_templates_launch() {
+    require_root();
+    let dir = tempfile::Builder::new()
+        .prefix("hutch-agent-")
+        .tempdir()
+        .expect("tempdir");
+    let mut c = config(dir.path(), Isolation::default());
+    c.template_cache_dir = hutch_image::template::DEFAULT_CACHE_DIR.into();
+    let agent = LocalAgent::new(c.clone()).expect("agent");
+    let lines = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = lines.clone();
+    let templates = agent
+        .ensure_builtin_templates(Arc::new(move |line: &str| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            eprintln!("{line}");
+        }))
+        .await
+        .expect("built-in templates (prerequisites: busybox-static, mmdebstrap, apt sources)");
+    assert!(
+        lines.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no progress shown"
+    );
+    let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["busybox", "debian:12"]);
+    for t in &templates {
+        assert_eq!(t.default_user, "root");
+        agent.ensure_template(t).await.expect("layers cached");
+    }
+    let h = Host {
+        dir,
+        agent,
+        busybox: templates[1].clone(),
+        config: c,
+        launched: std::sync::Mutex::new(Vec::new()),
+    };
+    for runtime in [Runtime::Crun, Runtime::Runc] {
+        let id = start(&h, runtime, resources()).await;
+        let ran = sh_in(
+            &h,
+            &id,
+            "python3 -c 'print(6 * 7)' && id -un && id -un user",
+        )
+        .await;
+        assert_eq!(ran.stdout, "42\nroot\nuser\n", "{runtime}: {ran:?}");
+        h.agent.destroy(&id).await.expect("destroy");
+        assert_nothing_left(&h, &id);
+    }
+}

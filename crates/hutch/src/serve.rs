@@ -1,0 +1,253 @@
+//! `hutch serve`: the single-node server. One process holds the REST API,
+//! the control plane and an embedded host agent.
+//!
+//! Start-up, in order:
+//! 1. Open the data directory (0700) and the SQLite store in it.
+//! 2. Open the host agent on `<data>/agent` (it finds what a previous run
+//!    left: sandboxes to re-attach, leftovers to clean).
+//! 3. Make sure the built-in templates exist (built the first time with
+//!    their progress printed; from the cache outside the data dir after
+//!    that) and register them in the store as platform templates.
+//! 4. Start the control plane: bootstrap the operator's key (printed once if
+//!    generated), reconcile the store with the host, start the sweeper.
+//! 5. Bind the listener, print the URL, serve until SIGTERM or SIGINT.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use clap::Args;
+use hutch_agent::{HostAgent, LocalAgent, TemplateLayers, config::AgentConfig};
+use hutch_control::{Control, ControlConfig, LayerSource};
+use hutch_core::{Capacity, TemplateId, TemplateRef, TemplateState, Timestamp};
+use hutch_store::{
+    NewTemplate, SqliteStore, Store, TemplateOwner, TemplateRecord, TemplateTransition,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the REST API.
+    #[arg(long, env = "HUTCH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Where Hutch keeps its database and host state.
+    #[arg(long, env = "HUTCH_DATA_DIR", default_value = "/var/lib/hutch")]
+    pub data_dir: PathBuf,
+    /// The static hutch-guest binary put into every sandbox.
+    #[arg(long, env = "HUTCH_GUEST_BIN")]
+    pub guest_bin: PathBuf,
+    /// Cache of built-in template archives (outside the data dir, so a fresh
+    /// data dir reuses them).
+    #[arg(
+        long,
+        env = "HUTCH_TEMPLATE_CACHE",
+        default_value = "/var/cache/hutch/templates"
+    )]
+    pub template_cache: PathBuf,
+}
+
+/// Built-in templates by name: their layers as this host built them.
+struct BuiltinLayers(HashMap<String, TemplateLayers>);
+
+#[async_trait::async_trait]
+impl LayerSource for BuiltinLayers {
+    async fn layers(&self, t: &TemplateRecord) -> hutch_control::Result<TemplateLayers> {
+        self.0
+            .get(&t.reference.to_string())
+            .cloned()
+            .ok_or_else(|| {
+                hutch_control::ControlError::from(hutch_core::Error::Unavailable(format!(
+                    "template {} has no layers on this host",
+                    t.reference
+                )))
+            })
+    }
+}
+
+/// Registers a built-in template as a ready platform template (idempotent).
+async fn register_builtin(store: &dyn Store, layers: &TemplateLayers) -> anyhow::Result<()> {
+    let reference = TemplateRef::parse(&layers.name)
+        .with_context(|| format!("template name {}", layers.name))?;
+    let digest = layers.layers.last().copied();
+    let existing = store.find_platform_template(&reference).await?;
+    let record = match existing {
+        Some(r) if r.state == TemplateState::Ready => return Ok(()),
+        Some(r) => r,
+        None => {
+            store
+                .insert_template(NewTemplate {
+                    id: TemplateId::generate(),
+                    owner: TemplateOwner::Platform,
+                    reference: reference.clone(),
+                    created_by: None,
+                    now: Timestamp::now(),
+                })
+                .await?
+        }
+    };
+    let mut state = record.state;
+    for to in [TemplateState::Building, TemplateState::Ready] {
+        if state.can_become(to) {
+            store
+                .transition_template(
+                    &record.id,
+                    TemplateTransition {
+                        from: state,
+                        to,
+                        digest,
+                        reason: None,
+                        now: Timestamp::now(),
+                    },
+                )
+                .await
+                .with_context(|| format!("registering template {reference}"))?;
+            state = to;
+        }
+    }
+    Ok(())
+}
+
+/// What this host can hold: its memory and the data dir's disk; CPU may be
+/// overcommitted four times (sandboxes mostly idle).
+fn host_capacity(data_dir: &std::path::Path, max_sandboxes: u32) -> Capacity {
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(1024);
+    let disk_mb = rustix::fs::statvfs(data_dir)
+        .map(|s| s.f_blocks * s.f_frsize / (1 << 20))
+        .unwrap_or(1 << 20);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    Capacity {
+        max_sandboxes,
+        cpu_millis: cores * 1000 * 4,
+        memory_mb,
+        disk_mb,
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    anyhow::ensure!(
+        args.guest_bin.is_file(),
+        "guest binary {} not found (build it with `make guest`)",
+        args.guest_bin.display()
+    );
+
+    // 1. Store.
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&args.data_dir.join("hutch.db"))
+            .await
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+
+    // 2. Host agent.
+    let mut config = AgentConfig::new(args.data_dir.join("agent"), &args.guest_bin);
+    config.template_cache_dir = args.template_cache.clone();
+    let max_sandboxes = config.max_sandboxes as u32;
+    let agent = Arc::new(LocalAgent::new(config).context("starting the host agent")?);
+
+    // 3. Built-in templates.
+    let progress: Arc<dyn Fn(&str) + Send + Sync> =
+        Arc::new(|line: &str| eprintln!("  template: {line}"));
+    eprintln!(
+        "hutch: making sure the built-in templates exist (the first build of debian:12 takes a few minutes)"
+    );
+    let builtins = agent
+        .ensure_builtin_templates(progress)
+        .await
+        .context("building the built-in templates")?;
+    let mut by_name = HashMap::new();
+    for t in builtins {
+        register_builtin(store.as_ref(), &t).await?;
+        eprintln!("hutch: template {} ready", t.name);
+        by_name.insert(TemplateRef::parse(&t.name)?.to_string(), t);
+    }
+
+    // 4. Control plane.
+    let shutdown = CancellationToken::new();
+    let control = Control::new(
+        store,
+        agent.clone() as Arc<dyn HostAgent>,
+        ControlConfig {
+            admin_key: std::env::var("HUTCH_ADMIN_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            capacity: host_capacity(&args.data_dir, max_sandboxes),
+            layers: Arc::new(BuiltinLayers(by_name)),
+            ..ControlConfig::default()
+        },
+    );
+    let startup = control
+        .start(shutdown.clone())
+        .await
+        .context("starting the control plane")?;
+    let r = &startup.recovery;
+    if !(r.reattached.is_empty()
+        && r.failed.is_empty()
+        && r.removed.is_empty()
+        && r.leftovers.is_empty())
+    {
+        eprintln!(
+            "hutch: recovered: {} re-attached, {} failed, {} deletions finished, {} leftovers removed",
+            r.reattached.len(),
+            r.failed.len(),
+            r.removed.len(),
+            r.leftovers.len()
+        );
+    }
+
+    // 5. Serve.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("Hutch is serving at {url}");
+    match &startup.bootstrap.generated_key {
+        Some(key) => {
+            println!(
+                "Operator API key (shown once, store it now): {}",
+                key.expose()
+            );
+            println!("  export HUTCH_URL={url} HUTCH_API_KEY={}", key.expose());
+        }
+        None => println!(
+            "  export HUTCH_URL={url}  (the operator key is HUTCH_ADMIN_KEY or the one printed at first start)"
+        ),
+    }
+    let stop = shutdown.clone();
+    let signals = async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        stop.cancel();
+    };
+    tokio::spawn(signals);
+    let stopped = shutdown.clone();
+    hutch_api::serve(listener, hutch_api::router(control), async move {
+        stopped.cancelled().await
+    })
+    .await
+    .context("serving the API")?;
+    // Sandboxes keep running across a restart of the server: the next start
+    // re-attaches them.
+    let _ = startup.sweeper.await;
+    Ok(())
+}
