@@ -67,6 +67,9 @@ fn main() -> ExitCode {
             Cmd::Serve(_) => Err(cli::CliError::Usage("serve runs on its own".into())),
         }
     });
+    // A read of the terminal may still sit in tokio's blocking pool (stdin
+    // cannot be cancelled); don't wait for it.
+    rt.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
