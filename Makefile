@@ -33,7 +33,6 @@ test: setup guest
 	HUTCH_GUEST_STATIC_BIN=$(abspath $(GUEST_BIN)) scripts/test.sh
 
 bench: setup guest
-	cargo build --release -p hutch-guest --bins --tests
 	HUTCH_GUEST_STATIC_BIN=$(abspath $(GUEST_BIN)) scripts/bench.sh
 
 fmt:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${HUTCH_GUEST_STATIC_BIN:?set by make bench}"
-cargo build --release -p hutch-bench
+cargo build --release -p hutch-bench -p hutch
 out=$(mktemp)
 {
     echo "# Benchmarks"
@@ -17,7 +17,7 @@ out=$(mktemp)
     echo "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory, kernel $(uname -r),"
     echo "$(. /etc/os-release; echo "$PRETTY_NAME"), $(rustc --version)."
     echo
-    target/release/hutch-bench --guest "$HUTCH_GUEST_STATIC_BIN"
+    target/release/hutch-bench --guest "$HUTCH_GUEST_STATIC_BIN" --hutch target/release/hutch
 } > "$out"
 mv "$out" BENCHMARKS.md
 echo "bench: wrote BENCHMARKS.md"

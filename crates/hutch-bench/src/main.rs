@@ -16,6 +16,8 @@ use futures::StreamExt;
 use hutch_envd::process::{ProcessConfig, StartRequest, StartResponse, process_event::Event};
 use hutch_guest_client::{Endpoint, GuestClient};
 
+mod core;
+
 #[derive(Parser)]
 struct Args {
     /// The static hutch-guest binary to measure.
@@ -24,6 +26,10 @@ struct Args {
     /// Iterations of each latency measurement.
     #[arg(long, default_value_t = 300)]
     iterations: usize,
+    /// The `hutch` binary (release) for the sandbox figures; without it only
+    /// the guest is measured.
+    #[arg(long, env = "HUTCH_BIN")]
+    hutch: Option<PathBuf>,
     /// Bytes moved by the throughput measurements.
     #[arg(long, default_value_t = 256 << 20)]
     bytes: u64,
@@ -35,7 +41,13 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(guest_section(&args))
+    rt.block_on(async {
+        guest_section(&args).await?;
+        if let Some(hutch) = &args.hutch {
+            core::section(hutch, &args.guest, args.iterations).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Sorted samples with percentiles.

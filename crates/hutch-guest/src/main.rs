@@ -71,27 +71,49 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    server::serve_all(app, tcp, unix, shutdown).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve_all(app, tcp, unix, async move {
+        let _ = stop_rx.await;
+    }));
 
-    // Stopping: pass SIGTERM on, give the children the grace period, then go.
-    if std::process::id() == 1 {
-        // As PID 1 of a PID namespace, kill(-1) reaches every other process in it.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(-1),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    } else {
-        processes.signal_all(nix::sys::signal::Signal::SIGTERM);
+    // Stopping, in order:
+    // 1. pass SIGTERM on to every process (their streams end as they exit,
+    //    which lets the servers' graceful shutdown finish);
+    // 2. stop accepting and let in-flight requests finish, and wait for the
+    //    children, both within the grace period;
+    // 3. past it, SIGKILL whatever is left and go.
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
-    let _ = tokio::time::timeout(grace, reaper.all_exited()).await;
+    signal_children(&processes, nix::sys::signal::Signal::SIGTERM);
+    let _ = stop_tx.send(());
+    let drained = tokio::time::timeout(grace, async {
+        reaper.all_exited().await;
+        server.await
+    })
+    .await;
+    match drained {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => return Err(Box::new(join)),
+        Err(_) => {
+            tracing::warn!("processes or requests outlived the stop grace period; killing them");
+            signal_children(&processes, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Signals every process in the sandbox (as PID 1) or every process group
+/// the guest started (as an ordinary process).
+fn signal_children(processes: &hutch_guest::process::Processes, sig: nix::sys::signal::Signal) {
+    if std::process::id() == 1 {
+        // As PID 1 of a PID namespace, kill(-1) reaches every other process in it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
+    } else {
+        processes.signal_all(sig);
+    }
 }

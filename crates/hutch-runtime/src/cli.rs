@@ -284,6 +284,20 @@ impl CliDriver {
         self.output("start", id, &["start", id]).map(drop)
     }
 
+    /// `exec` through the runtime, output discarded; the exit code (128 +
+    /// signal when a signal ended it).
+    fn exec(&self, id: &str, args: &[&str]) -> Result<i32, RuntimeError> {
+        use std::os::unix::process::ExitStatusExt;
+        validate_id(id)?;
+        let mut cmd = self.command()?;
+        cmd.arg("exec").arg(id).args(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let status = cmd.status().map_err(self.spawn_err("exec"))?;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+
     fn state(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
         validate_id(id)?;
         let out = self.output("state", id, &["state", id])?;
@@ -511,6 +525,9 @@ macro_rules! delegate_runtime {
             }
             fn start(&self, id: &str) -> Result<(), RuntimeError> {
                 self.0.start(id)
+            }
+            fn exec(&self, id: &str, args: &[&str]) -> Result<i32, RuntimeError> {
+                self.0.exec(id, args)
             }
             fn run_to_exit(
                 &self,

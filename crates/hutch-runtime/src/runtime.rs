@@ -233,6 +233,17 @@ pub trait Runtime: Send + Sync + fmt::Debug {
 
     fn state(&self, id: &str) -> Result<ContainerInfo, RuntimeError>;
 
+    /// Runs `args` in a running container through the runtime (`exec`), output discarded,
+    /// and returns the exit code. Hutch runs commands through the guest; this is the
+    /// baseline `make bench` compares that path with.
+    fn exec(&self, id: &str, args: &[&str]) -> Result<i32, RuntimeError> {
+        let _ = (id, args);
+        Err(RuntimeError::Unsupported {
+            runtime: self.kind(),
+            op: "exec",
+        })
+    }
+
     /// Sends `signal` to the container's init, or with `all` to every process in it.
     fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuntimeError>;
 

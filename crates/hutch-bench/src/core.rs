@@ -1,0 +1,354 @@
+//! The core section of `make bench`: sandboxes through the whole product
+//! (`hutch serve`, its REST API, the host agent, the guest) beside the OCI
+//! runtime doing the bare minimum on the same rootfs with the same bundle
+//! settings (seccomp allowlist, namespaces, cgroup limits).
+//!
+//! 1. Start `hutch serve` on a fresh data dir (built-in templates come from
+//!    the cache outside it) and wait for its URL.
+//! 2. create → first command output (busybox) against `crun run` of `echo`.
+//! 3. exec round trip (`true`, `wait: true`) against `crun exec` into a
+//!    running container.
+//! 4. 50 creates at once: wall time and p99, against 50 `crun run` at once.
+//! 5. 200 idle sandboxes: host memory used beyond the sandboxes' own cgroups.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use hutch_cgroup::CgroupFs;
+use hutch_runtime::{
+    ContainerIo, RuntimeKind,
+    spec::{CpuLimit, Isolation, SandboxSpec},
+};
+use serde_json::{Value, json};
+
+use crate::{Samples, ms};
+
+struct Server {
+    child: Child,
+    url: String,
+    key: String,
+    data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Server> {
+    let key =
+        format!("hk_bench{}", std::process::id()).to_lowercase() + "0123456789abcdefghijklmnop";
+    let mut child = Command::new(hutch)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--guest-bin")
+        .arg(guest)
+        .env("HUTCH_ADMIN_KEY", &key)
+        .env("HUTCH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", hutch.display()))?;
+    let out = child.stdout.take().context("stdout")?;
+    let mut url = None;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(u) = line.strip_prefix("Hutch is serving at ") {
+            url = Some(u.trim().to_owned());
+            break;
+        }
+    }
+    let url = url.context("hutch serve ended before printing its URL")?;
+    Ok(Server {
+        child,
+        url,
+        key,
+        data: data.to_owned(),
+    })
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    key: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn delete(&self, id: &str) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .delete(format!("{}/v1/sandboxes/{id}", self.url))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "DELETE {id}: {}", r.status());
+        Ok(())
+    }
+
+    async fn create(&self) -> anyhow::Result<String> {
+        let v = self
+            .post(
+                "/v1/sandboxes",
+                json!({"template": "busybox", "memory_mb": 64, "disk_mb": 64}),
+            )
+            .await?;
+        v.get("id")
+            .and_then(|i| i.as_str())
+            .map(str::to_owned)
+            .context("no id")
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str]) -> anyhow::Result<Value> {
+        self.post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            json!({"cmd": cmd, "wait": true}),
+        )
+        .await
+    }
+}
+
+/// The busybox layer as the agent unpacked it (the sandboxes' lower dir).
+fn busybox_layer(data: &Path) -> anyhow::Result<PathBuf> {
+    for e in std::fs::read_dir(data.join("agent/layers"))? {
+        let p = e?.path();
+        if p.join("bin/busybox").exists() {
+            return Ok(p);
+        }
+    }
+    bail!("no busybox layer under {}", data.display())
+}
+
+/// A bundle for `crun` with Hutch's isolation settings, on `rootfs`.
+fn bare_bundle(dir: &Path, rootfs: &Path, id: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
+    let spec = SandboxSpec {
+        rootfs: rootfs.to_owned(),
+        readonly_rootfs: true,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec![("PATH".into(), "/bin:/usr/bin".into())],
+        cwd: "/".into(),
+        hostname: id.into(),
+        memory_limit_bytes: 64 << 20,
+        pids_limit: 256,
+        cpu: CpuLimit::Unlimited,
+        cgroups_path: format!("/hutch-bench/{id}"),
+        bind_mounts: Vec::new(),
+        tmpfs_mounts: Vec::new(),
+        network_namespace: None,
+        nofile: 1024,
+        isolation: Isolation::default(),
+    }
+    .validate()?;
+    Ok(hutch_runtime::bundle::write_bundle(&dir.join(id), &spec)?)
+}
+
+fn mem_available_kib() -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo")?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("MemAvailable")
+}
+
+pub async fn section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+    let server = start_server(hutch, guest, &tmp.path().join("data"))?;
+    let api = Arc::new(Api {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+        key: server.key.clone(),
+    });
+    let cg = CgroupFs::system()?;
+    let crun = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
+    let bundles = tmp.path().join("bundles");
+    let layer = busybox_layer(&server.data)?;
+    let n = iterations.clamp(5, 50);
+
+    // Warm up both paths once.
+    let id = api.create().await?;
+    api.exec(&id, &["echo", "hi"]).await?;
+    api.delete(&id).await?;
+    let b = bare_bundle(&bundles, &layer, "warm", &["/bin/echo", "hi"])?;
+    crun.run_to_exit("warm", &b, &ContainerIo::Null, Duration::from_secs(30))?;
+
+    // 2. create → first output.
+    let mut create = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let id = api.create().await?;
+        let v = api.exec(&id, &["echo", "hi"]).await?;
+        create.push(t.elapsed());
+        anyhow::ensure!(
+            v.get("stdout").and_then(|s| s.as_str()) == Some("hi\n"),
+            "unexpected output {v}"
+        );
+        api.delete(&id).await?;
+    }
+    let mut bare = Vec::new();
+    for i in 0..n {
+        let id = format!("bare{i}");
+        let b = bare_bundle(&bundles, &layer, &id, &["/bin/echo", "hi"])?;
+        let t = Instant::now();
+        crun.run_to_exit(&id, &b, &ContainerIo::Null, Duration::from_secs(30))?;
+        bare.push(t.elapsed());
+    }
+    let create = Samples::new(create);
+    let bare = Samples::new(bare);
+
+    // 3. exec round trip.
+    let id = api.create().await?;
+    for _ in 0..10 {
+        api.exec(&id, &["true"]).await?;
+    }
+    let mut exec = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        api.exec(&id, &["true"]).await?;
+        exec.push(t.elapsed());
+    }
+    api.delete(&id).await?;
+    let b = bare_bundle(&bundles, &layer, "execbase", &["/bin/sleep", "3600"])?;
+    crun.run_detached("execbase", &b, &ContainerIo::Null)?;
+    let mut crun_exec = Vec::new();
+    for _ in 0..iterations.min(100) {
+        let t = Instant::now();
+        let code = crun.exec("execbase", &["/bin/true"])?;
+        crun_exec.push(t.elapsed());
+        anyhow::ensure!(code == 0, "crun exec true exited {code}");
+    }
+    crun.delete("execbase", true)?;
+    let exec = Samples::new(exec);
+    let crun_exec = Samples::new(crun_exec);
+
+    // 4. 50 creates at once.
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let id = api.create().await?;
+            Ok::<_, anyhow::Error>((id, t.elapsed()))
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut lat = Vec::new();
+    for task in tasks {
+        let (id, d) = task.await??;
+        ids.push(id);
+        lat.push(d);
+    }
+    let wall = t.elapsed();
+    let lat = Samples::new(lat);
+    for id in &ids {
+        api.delete(id).await?;
+    }
+    let t = Instant::now();
+    let mut bare_tasks = Vec::new();
+    for i in 0..50 {
+        let id = format!("par{i}");
+        let b = bare_bundle(&bundles, &layer, &id, &["/bin/echo", "hi"])?;
+        let rt = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
+        bare_tasks.push(std::thread::spawn(move || {
+            rt.run_to_exit(&id, &b, &ContainerIo::Null, Duration::from_secs(60))
+        }));
+    }
+    for h in bare_tasks {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("crun thread panicked"))??;
+    }
+    let bare_wall = t.elapsed();
+
+    // 5. 200 idle sandboxes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = mem_available_kib()?;
+    let parent = cg.parent("hutch")?;
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(api.create().await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib()?;
+    let mut own: u64 = 0;
+    for id in &idle {
+        own += parent.sandbox(id)?.memory_usage()?;
+    }
+    let used_kib = before.saturating_sub(after);
+    let own_kib = own / 1024;
+    let per_total = used_kib as f64 / 200.0 / 1024.0;
+    let per_own = own_kib as f64 / 200.0 / 1024.0;
+    let per_overhead = (used_kib.saturating_sub(own_kib)) as f64 / 200.0 / 1024.0;
+    for id in &idle {
+        api.delete(id).await?;
+    }
+    drop(server);
+    let _ = cg.parent("hutch-bench").map(|p| {
+        for id in p.list().unwrap_or_default() {
+            let _ = p.sandbox(&id).and_then(|c| c.remove());
+        }
+    });
+
+    println!("## Sandboxes (`hutch serve`, crun, busybox template)\n");
+    println!(
+        "Through the REST API of a release `hutch serve` on loopback; the baseline is `crun` (with Hutch's"
+    );
+    println!(
+        "in-process cgroup workaround) running a bundle with the same isolation settings on the same"
+    );
+    println!("read-only rootfs, without Hutch's overlay, disk image, guest or API.\n");
+    println!("| figure | Hutch | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| create → first command output, p50 (p90), {n} runs | {} ({}) | `crun run` of `echo hi`: {} ({}) | {:.2}× | ≤ 1.5× |",
+        ms(create.pct(0.5)),
+        ms(create.pct(0.9)),
+        ms(bare.pct(0.5)),
+        ms(bare.pct(0.9)),
+        create.pct(0.5).as_secs_f64() / bare.pct(0.5).as_secs_f64()
+    );
+    println!(
+        "| exec round trip (`true`, `wait: true`), p50 (p90), {} runs | {} ({}) | `crun exec … true`: {} ({}) | {:.2}× | ≤ 0.2× and ≤ 3 ms |",
+        iterations,
+        ms(exec.pct(0.5)),
+        ms(exec.pct(0.9)),
+        ms(crun_exec.pct(0.5)),
+        ms(crun_exec.pct(0.9)),
+        exec.pct(0.5).as_secs_f64() / crun_exec.pct(0.5).as_secs_f64()
+    );
+    println!(
+        "| 50 creates at once: wall (p50 / p99 of each) | {} ({} / {}) | 50 `crun run` at once: {} | {:.2}× | — |",
+        ms(wall),
+        ms(lat.pct(0.5)),
+        ms(lat.pct(0.99)),
+        ms(bare_wall),
+        wall.as_secs_f64() / bare_wall.as_secs_f64()
+    );
+    println!(
+        "| host memory per idle sandbox, 200 running | {per_overhead:.2} MiB beyond its own cgroup ({per_total:.2} MiB in all, {per_own:.2} MiB in the sandbox's cgroup) | — | — | ≤ 3 MiB |"
+    );
+    println!();
+    Ok(())
+}
