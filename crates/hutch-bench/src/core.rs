@@ -51,6 +51,7 @@ fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Serve
         .arg(data)
         .arg("--guest-bin")
         .arg(guest)
+        .args(["--cgroup-parent", "hutch-bench-serve"])
         .env("HUTCH_ADMIN_KEY", &key)
         .env("HUTCH_LOG", "warn")
         .stdout(Stdio::piped())
@@ -285,7 +286,7 @@ pub async fn section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::R
     // 5. 200 idle sandboxes.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = mem_available_kib()?;
-    let parent = cg.parent("hutch")?;
+    let parent = cg.parent("hutch-bench-serve")?;
     let mut idle = Vec::new();
     for _ in 0..200 {
         idle.push(api.create().await?);

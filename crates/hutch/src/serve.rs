@@ -43,6 +43,10 @@ pub struct ServeArgs {
         default_value = "/var/cache/hutch/templates"
     )]
     pub template_cache: PathBuf,
+    /// The cgroup every sandbox of this server lives under. Two servers on one
+    /// host need two parents: each cleans up whatever it finds under its own.
+    #[arg(long, env = "HUTCH_CGROUP_PARENT", default_value = "hutch")]
+    pub cgroup_parent: String,
 }
 
 /// Built-in templates by name: their layers as this host built them.
@@ -155,6 +159,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // 2. Host agent.
     let mut config = AgentConfig::new(args.data_dir.join("agent"), &args.guest_bin);
     config.template_cache_dir = args.template_cache.clone();
+    config.cgroup_parent = args.cgroup_parent.clone();
     let max_sandboxes = config.max_sandboxes as u32;
     let agent = Arc::new(LocalAgent::new(config).context("starting the host agent")?);
 
