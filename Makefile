@@ -9,7 +9,7 @@ GUEST_BIN := target/$(HOST_TARGET)/guest/hutch-guest
 DATA_DIR ?= /var/lib/hutch
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: help setup build guest run test test-rust test-e2b bench fmt lint clean-data
+.PHONY: help setup build guest run test bench fmt lint fuzz
 
 help:
 	@echo "make run    install what Hutch needs, build, start hutch serve"
@@ -41,3 +41,11 @@ fmt:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# Coverage-guided fuzzing of the guest's request decoders (cargo-fuzz needs
+# nightly features; RUSTC_BOOTSTRAP lets this machine's stable toolchain
+# provide them). FUZZ_SECONDS bounds the run.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run envd_decoders corpus/envd_decoders -- -max_total_time=$(FUZZ_SECONDS)
