@@ -47,6 +47,19 @@ pub struct ServeArgs {
     /// host need two parents: each cleans up whatever it finds under its own.
     #[arg(long, env = "HUTCH_CGROUP_PARENT", default_value = "hutch")]
     pub cgroup_parent: String,
+    /// How many times the host's cores sandboxes' CPU limits may add up to.
+    /// Limits are ceilings, not reservations: idle sandboxes use none, and
+    /// the default lets 1000 one-CPU sandboxes share two cores.
+    #[arg(long, env = "HUTCH_OVERCOMMIT_CPU", default_value_t = 500)]
+    pub overcommit_cpu: u64,
+    /// How many times the host's memory sandboxes' memory limits may add up
+    /// to (the default lets 1000 sandboxes of 512 MB share 24 GiB).
+    #[arg(long, env = "HUTCH_OVERCOMMIT_MEMORY", default_value_t = 24)]
+    pub overcommit_memory: u64,
+    /// How many times the data dir's size sandboxes' disk limits may add up
+    /// to (disk images are sparse: only what is written takes space).
+    #[arg(long, env = "HUTCH_OVERCOMMIT_DISK", default_value_t = 4)]
+    pub overcommit_disk: u64,
 }
 
 /// Built-in templates by name: their layers as this host built them.
@@ -110,9 +123,9 @@ async fn register_builtin(store: &dyn Store, layers: &TemplateLayers) -> anyhow:
     Ok(())
 }
 
-/// What this host can hold: its memory and the data dir's disk; CPU may be
-/// overcommitted four times (sandboxes mostly idle).
-fn host_capacity(data_dir: &std::path::Path, max_sandboxes: u32) -> Capacity {
+/// What this host can hold: its cores, memory and the data dir's disk, each
+/// times its overcommit factor, and the agent's sandbox count.
+fn host_capacity(args: &ServeArgs, max_sandboxes: u32) -> Capacity {
     let memory_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -122,7 +135,7 @@ fn host_capacity(data_dir: &std::path::Path, max_sandboxes: u32) -> Capacity {
         })
         .map(|kib| kib / 1024)
         .unwrap_or(1024);
-    let disk_mb = rustix::fs::statvfs(data_dir)
+    let disk_mb = rustix::fs::statvfs(&args.data_dir)
         .map(|s| s.f_blocks * s.f_frsize / (1 << 20))
         .unwrap_or(1 << 20);
     let cores = std::thread::available_parallelism()
@@ -130,9 +143,9 @@ fn host_capacity(data_dir: &std::path::Path, max_sandboxes: u32) -> Capacity {
         .unwrap_or(1);
     Capacity {
         max_sandboxes,
-        cpu_millis: cores * 1000 * 4,
-        memory_mb,
-        disk_mb,
+        cpu_millis: cores * 1000 * args.overcommit_cpu.max(1),
+        memory_mb: memory_mb * args.overcommit_memory.max(1),
+        disk_mb: disk_mb * args.overcommit_disk.max(1),
     }
 }
 
@@ -189,7 +202,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             admin_key: std::env::var("HUTCH_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
-            capacity: host_capacity(&args.data_dir, max_sandboxes),
+            capacity: host_capacity(&args, max_sandboxes),
             layers: Arc::new(BuiltinLayers(by_name)),
             ..ControlConfig::default()
         },
