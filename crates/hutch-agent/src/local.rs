@@ -121,6 +121,8 @@ pub enum InitError {
     NoRuntime(String),
     #[error("the configured default runtime {0} is not usable here")]
     DefaultUnavailable(Runtime),
+    #[error("start the disk-image pool thread")]
+    DiskPool(#[source] std::io::Error),
 }
 
 /// The host agent of this machine.
@@ -132,7 +134,9 @@ struct Inner {
     config: AgentConfig,
     sandboxes_dir: PathBuf,
     layers: LayerCache,
-    rootfs: RootfsManager<RealHostOps>,
+    rootfs: Arc<RootfsManager<RealHostOps>>,
+    /// Asks the disk-pool thread to top up the pool of one size (in MiB).
+    disk_pool: std::sync::mpsc::SyncSender<u64>,
     cgroups: CgroupParent,
     /// Usable runtimes, the default first.
     runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)>,
@@ -161,6 +165,29 @@ fn kind_of(r: Runtime) -> RuntimeKind {
         Runtime::Runc => RuntimeKind::Runc,
         Runtime::Runsc => RuntimeKind::Runsc,
     }
+}
+
+/// Pre-formatted disk images kept ready per size: `mkfs` is most of a
+/// rootfs prepare, so creates take a pooled image and this thread formats
+/// the next one in the background.
+const DISK_POOL_DEPTH: usize = 8;
+
+/// Starts the thread that fills the disk-image pool on request. It ends when
+/// the agent (the only sender) is dropped.
+fn spawn_disk_pool(
+    rootfs: Arc<RootfsManager<RealHostOps>>,
+) -> std::io::Result<std::sync::mpsc::SyncSender<u64>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(4);
+    std::thread::Builder::new()
+        .name("hutch-disk-pool".into())
+        .spawn(move || {
+            while let Ok(mb) = rx.recv() {
+                if let Err(e) = rootfs.fill_pool(mb, DISK_POOL_DEPTH) {
+                    tracing::warn!(disk_mb = mb, error = %e, "filling the disk-image pool failed");
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 /// Runs blocking work off the async workers (STYLE.md 8).
@@ -252,12 +279,15 @@ impl LocalAgent {
             return Err(InitError::DefaultUnavailable(wanted));
         }
         let posture = Posture::new(&config.proc_root, "self");
+        let rootfs = Arc::new(rootfs);
+        let disk_pool = spawn_disk_pool(rootfs.clone()).map_err(InitError::DiskPool)?;
         Ok(LocalAgent {
             inner: Arc::new(Inner {
                 config,
                 sandboxes_dir,
                 layers,
                 rootfs,
+                disk_pool,
                 cgroups,
                 runtimes,
                 posture,
@@ -265,6 +295,12 @@ impl LocalAgent {
                 locks: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Formats disk images of `disk_mb` MiB ahead of the first sandbox of
+    /// that size (in the background; returns at once).
+    pub fn warm_disk_pool(&self, disk_mb: u64) {
+        let _ = self.inner.disk_pool.try_send(disk_mb);
     }
 
     /// The directory of a cached layer (it may not exist).
@@ -529,6 +565,11 @@ impl Inner {
                 },
             )
             .map_err(host_err("prepare the root filesystem", id))?;
+        if disk_mb > 0 {
+            // Top the pool up for the next sandbox of this size; a full
+            // queue means a refill is already on its way.
+            let _ = self.disk_pool.try_send(disk_mb);
+        }
 
         // 5. The guest's socket, in the state dir the sandbox never sees.
         let listener =

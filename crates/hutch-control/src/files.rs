@@ -195,6 +195,43 @@ impl Control {
         .await
     }
 
+    /// Steps 1–2 for a unary filesystem call: the running target, then
+    /// `method` on its guest as `user`.
+    async fn file_rpc<Req, Resp>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+        method: &str,
+        req: &Req,
+    ) -> Result<(SandboxId, Resp)>
+    where
+        Req: prost::Message + Serialize,
+        Resp: prost::Message + serde::de::DeserializeOwned + Default,
+    {
+        let sid = self.file_target(caller, id, path, user).await?;
+        let guest = guest_as(self, &sid, user)?;
+        let resp = guest
+            .unary(method, req)
+            .await
+            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        Ok((sid, resp))
+    }
+
+    /// Records a file call that changes the sandbox, with its outcome.
+    async fn audited_use<T>(&self, caller: &Caller, id: &str, result: Result<T>) -> Result<T> {
+        let ws = caller.principal.workspace_id.clone();
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
     pub async fn list_files(
         &self,
         caller: &Caller,
@@ -202,16 +239,20 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<FileList> {
-        let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_as(self, &sid, user)?;
         let req = ListDirRequest {
             path: path.to_owned(),
             depth: 1,
         };
-        let resp: ListDirResponse = guest
-            .unary("filesystem.Filesystem/ListDir", &req)
-            .await
-            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        let (_, resp): (_, ListDirResponse) = self
+            .file_rpc(
+                caller,
+                id,
+                path,
+                user,
+                "filesystem.Filesystem/ListDir",
+                &req,
+            )
+            .await?;
         Ok(FileList {
             entries: resp
                 .entries
@@ -229,78 +270,59 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<FileEntry> {
-        let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_as(self, &sid, user)?;
-        let resp: StatResponse = guest
-            .unary(
-                "filesystem.Filesystem/Stat",
-                &StatRequest {
-                    path: path.to_owned(),
-                },
-            )
-            .await
-            .map_err(|e| ControlError::guest(&sid, "file", e))?;
+        let req = StatRequest {
+            path: path.to_owned(),
+        };
+        let (sid, resp): (_, StatResponse) = self
+            .file_rpc(caller, id, path, user, "filesystem.Filesystem/Stat", &req)
+            .await?;
         entry(&sid, resp.entry)
     }
 
     pub async fn make_dir(&self, caller: &Caller, id: &str, req: MakeDir) -> Result<FileEntry> {
-        let ws = caller.principal.workspace_id.clone();
+        let user = req.user.as_deref();
+        let rpc = MakeDirRequest {
+            path: req.path.clone(),
+        };
         let result = async {
-            let sid = self
-                .file_target(caller, id, &req.path, req.user.as_deref())
-                .await?;
-            let guest = guest_as(self, &sid, req.user.as_deref())?;
-            let resp: MakeDirResponse = guest
-                .unary(
+            let (sid, resp): (_, MakeDirResponse) = self
+                .file_rpc(
+                    caller,
+                    id,
+                    &req.path,
+                    user,
                     "filesystem.Filesystem/MakeDir",
-                    &MakeDirRequest {
-                        path: req.path.clone(),
-                    },
+                    &rpc,
                 )
-                .await
-                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+                .await?;
             entry(&sid, resp.entry)
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 
     pub async fn move_file(&self, caller: &Caller, id: &str, req: MoveFile) -> Result<FileEntry> {
-        let ws = caller.principal.workspace_id.clone();
+        let user = req.user.as_deref();
+        let rpc = MoveRequest {
+            source: req.source.clone(),
+            destination: req.destination.clone(),
+        };
         let result = async {
-            let sid = self
-                .file_target(caller, id, &req.source, req.user.as_deref())
-                .await?;
             check_path("destination", &req.destination)?;
-            let guest = guest_as(self, &sid, req.user.as_deref())?;
-            let resp: MoveResponse = guest
-                .unary(
+            let (sid, resp): (_, MoveResponse) = self
+                .file_rpc(
+                    caller,
+                    id,
+                    &req.source,
+                    user,
                     "filesystem.Filesystem/Move",
-                    &MoveRequest {
-                        source: req.source.clone(),
-                        destination: req.destination.clone(),
-                    },
+                    &rpc,
                 )
-                .await
-                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+                .await?;
             entry(&sid, resp.entry)
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 
     pub async fn remove_file(
@@ -310,30 +332,17 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<()> {
-        let ws = caller.principal.workspace_id.clone();
+        let rpc = RemoveRequest {
+            path: path.to_owned(),
+        };
         let result = async {
-            let sid = self.file_target(caller, id, path, user).await?;
-            let guest = guest_as(self, &sid, user)?;
-            let _: RemoveResponse = guest
-                .unary(
-                    "filesystem.Filesystem/Remove",
-                    &RemoveRequest {
-                        path: path.to_owned(),
-                    },
-                )
-                .await
-                .map_err(|e| ControlError::guest(&sid, "file", e))?;
+            let _: (_, RemoveResponse) = self
+                .file_rpc(caller, id, path, user, "filesystem.Filesystem/Remove", &rpc)
+                .await?;
             Ok(())
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 }
 

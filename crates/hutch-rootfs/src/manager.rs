@@ -143,15 +143,9 @@ impl<O: HostOps> RootfsManager<O> {
         let mut loop_device = None;
         let scratch = if let Some(mb) = spec.disk_mb {
             let image = state.join("disk.img");
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&image)
-                .map_err(io_err("create disk image", &image))?;
-            file.set_len(mb << 20)
-                .map_err(io_err("size disk image", &image))?;
-            drop(file);
-            self.ops.mkfs_ext4(&image)?;
+            if !self.take_pooled(mb, &image) {
+                self.format_image(&image, mb)?;
+            }
             let mnt = state.join("disk");
             mkdir(&mnt, 0o700)?;
             // The guard keeps the (autoclear) device bound until the mount
@@ -181,6 +175,83 @@ impl<O: HostOps> RootfsManager<O> {
             state_dir: state.to_path_buf(),
             loop_device,
         })
+    }
+
+    /// Creates a sparse image of `mb` MiB at `image` and formats it. Blocking.
+    fn format_image(&self, image: &Path, mb: u64) -> Result<(), RootfsError> {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(image)
+            .map_err(io_err("create disk image", image))?;
+        file.set_len(mb << 20)
+            .map_err(io_err("size disk image", image))?;
+        drop(file);
+        self.ops.mkfs_ext4(image)?;
+        Ok(())
+    }
+
+    /// `<root>/.pool/<mb>`: freshly formatted images of one size wait here
+    /// (the name is no valid id, so `list` never takes it for a sandbox).
+    fn pool_dir(&self, mb: u64) -> PathBuf {
+        self.root.join(".pool").join(mb.to_string())
+    }
+
+    /// Moves a pooled image of `mb` MiB to `dest`, if the pool has one. A
+    /// rename is atomic, so two prepares never get the same image; every
+    /// image is used once, so no sandbox sees another's data.
+    fn take_pooled(&self, mb: u64, dest: &Path) -> bool {
+        let Ok(entries) = fs::read_dir(self.pool_dir(mb)) else {
+            return false;
+        };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "img")
+                && fs::rename(e.path(), dest).is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Formats images of `mb` MiB into the pool until it holds `depth`, so
+    /// that `prepare` need not run `mkfs` (the largest part of its cost).
+    /// Returns how many were added. Blocking; one filler at a time per
+    /// manager is the caller's business (names would not clash, counts would).
+    pub fn fill_pool(&self, mb: u64, depth: usize) -> Result<usize, RootfsError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&mb) {
+            return Err(RootfsError::InvalidDiskSize(mb));
+        }
+        let dir = self.pool_dir(mb);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("create pool dir", &dir))?;
+        let have = fs::read_dir(&dir)
+            .map_err(io_err("read", &dir))?
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+            .count();
+        let mut added = 0;
+        for _ in have..depth {
+            let name = format!(
+                "{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            );
+            let tmp = dir.join(format!("{name}.tmp"));
+            if let Err(e) = self.format_image(&tmp, mb) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            let done = dir.join(format!("{name}.img"));
+            fs::rename(&tmp, &done).map_err(io_err("add to pool", &done))?;
+            added += 1;
+        }
+        Ok(added)
     }
 
     /// Undoes whatever exists of sandbox `id`'s root filesystem: mounts, loop
@@ -269,6 +340,40 @@ mod tests {
         fs::create_dir(&lower).unwrap();
         let m = RootfsManager::new(dir.path().join("rootfs"), RecordingHostOps::new()).unwrap();
         (dir, m, lower)
+    }
+
+    #[test]
+    fn pooled_images_spare_mkfs_and_are_used_once() {
+        let (_d, m, lower) = manager();
+        assert_eq!(m.fill_pool(32, 2).unwrap(), 2);
+        assert_eq!(m.fill_pool(32, 2).unwrap(), 0, "a full pool is left alone");
+        let mkfs = |m: &RootfsManager<RecordingHostOps>| {
+            m.ops()
+                .calls()
+                .iter()
+                .filter(|c| matches!(c, Call::MkfsExt4(_)))
+                .count()
+        };
+        assert_eq!(mkfs(&m), 2);
+        let spec = PrepareSpec {
+            lower: vec![lower.clone()],
+            disk_mb: Some(32),
+        };
+        for id in ["sb1", "sb2"] {
+            m.prepare(id, &spec).unwrap();
+            assert!(m.root().join(id).join("disk.img").exists());
+        }
+        assert_eq!(mkfs(&m), 2, "both prepares took a pooled image");
+        assert!(m.list().unwrap() == vec!["sb1".to_string(), "sb2".to_string()]);
+        // The pool is empty now: the next prepare formats its own (the twin).
+        m.prepare("sb3", &spec).unwrap();
+        assert_eq!(mkfs(&m), 3);
+        // Another size is a pool of its own.
+        assert!(!m.take_pooled(64, &m.root().join("x.img")));
+        assert!(matches!(
+            m.fill_pool(1, 1),
+            Err(RootfsError::InvalidDiskSize(1))
+        ));
     }
 
     #[test]

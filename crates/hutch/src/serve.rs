@@ -193,6 +193,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         by_name.insert(TemplateRef::parse(&t.name)?.to_string(), t);
     }
 
+    // Disk images for sandboxes of the default size, formatted ahead.
+    agent.warm_disk_pool(u64::from(hutch_core::request::limits::DISK_MB_DEFAULT));
+
     // 4. Control plane.
     let shutdown = CancellationToken::new();
     let control = Control::new(
