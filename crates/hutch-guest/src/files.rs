@@ -71,6 +71,10 @@ const DOWNLOAD_CHUNK: usize = 256 << 10;
 const UPLOAD_CHUNK: usize = 256 << 10;
 /// Buffers in flight between the request body and the writer thread.
 const UPLOAD_QUEUE: usize = 4;
+/// How much of an upload's remaining body is read and dropped after a write
+/// failed (e.g. a full disk), so the error reply reaches the client.
+const DRAIN_AFTER_ERROR: u64 = 64 << 20;
+
 /// Most files one multipart request may carry.
 const MAX_FILES: usize = 1000;
 /// Most `X-Metadata-*` headers, and the largest value, accepted.
@@ -396,7 +400,16 @@ where
             }
             pending.extend_from_slice(&chunk);
             if pending.len() >= UPLOAD_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
-                // The writer stopped: its error is reported below.
+                // The writer stopped: its error is reported below. Read (and
+                // drop) a bounded rest of the body first, so the client, still
+                // sending, gets the error reply instead of a reset connection.
+                let mut drained = 0u64;
+                while drained < DRAIN_AFTER_ERROR {
+                    match body.next().await {
+                        Some(Ok(c)) => drained += c.len() as u64,
+                        _ => break,
+                    }
+                }
                 return Ok(());
             }
         }

@@ -1049,7 +1049,7 @@ struct Tmpfs(PathBuf);
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
     }
 }
 
@@ -1058,12 +1058,17 @@ async fn full_disk_is_507_and_leaves_nothing_behind() {
     let g = start().await;
     let mnt = g.path("work/tiny");
     std::fs::create_dir_all(&mnt).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mounting a tmpfs failed");
+    // By system call, not the mount CLI: the guest's reaper runs in this
+    // test process and would reap a child before std's wait sees it.
+    rustix::mount::mount(
+        "tmpfs",
+        &mnt,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        Some(c"size=1m"),
+    )
+    .expect("mounting a tmpfs");
+
     let _umount = Tmpfs(mnt.clone());
     let r = g
         .upload_raw(&g.p("work/tiny/big.bin"), None, vec![7u8; 3 << 20])

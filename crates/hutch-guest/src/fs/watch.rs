@@ -110,6 +110,7 @@ impl Drop for Slot {
 }
 
 struct Polling {
+    _slot: Slot,
     uid: u32,
     queue: Arc<Mutex<Queue>>,
     task: tokio::task::JoinHandle<()>,
@@ -384,7 +385,10 @@ struct Run {
     include_entry: bool,
     etc_root: PathBuf,
     keepalive: Option<Duration>,
-    _slot: Slot,
+    /// A streaming watcher's budget slot lives as long as its task. A
+    /// polling watcher's lives in its [`Polling`] entry instead, so that
+    /// RemoveWatcher frees it at once, not when the aborted task is dropped.
+    _slot: Option<Slot>,
 }
 
 async fn tick(i: &mut Option<tokio::time::Interval>) {
@@ -579,7 +583,7 @@ pub async fn watch_dir(
         include_entry: req.msg.include_entry,
         etc_root: state.config.etc_root.clone(),
         keepalive: Some(req.keepalive),
-        _slot: slot,
+        _slot: Some(slot),
     };
     tokio::spawn(async move {
         if tx
@@ -617,13 +621,14 @@ pub async fn create_watcher(
         include_entry: m.include_entry,
         etc_root: state.config.etc_root.clone(),
         keepalive: None,
-        _slot: slot,
+        _slot: None,
     };
     let task = tokio::spawn(run(inotify, tree, Sink::Queue(queue.clone()), opts));
     let id = new_watcher_id();
     state.watchers.polling().insert(
         id.clone(),
         Polling {
+            _slot: slot,
             uid,
             queue,
             task,
