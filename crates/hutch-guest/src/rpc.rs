@@ -21,7 +21,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use hutch_envd::connect::{
     CallKind, Code, Codec, ConnectError, FLAG_END_STREAM, FrameDecoder, end_stream, envelope,
@@ -381,14 +381,6 @@ pub fn stream_response(r: StreamResult) -> Response {
         Ok(s) => s.into_response(),
         Err((codec, e)) => stream_error(codec, e),
     }
-}
-
-/// Adapts any stream of frames (already enveloped) to a body; used by tests.
-pub fn frames_body<S>(s: S) -> Body
-where
-    S: Stream<Item = Bytes> + Send + 'static,
-{
-    Body::from_stream(s.map(Ok::<_, std::convert::Infallible>))
 }
 
 /// Extracts nothing, but makes a handler's parts available (e.g. headers).
