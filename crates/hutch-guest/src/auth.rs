@@ -22,9 +22,9 @@ use hutch_envd::{
 
 use crate::{GuestState, users::User};
 
-/// A 401. The request body is never read here, so the connection cannot
-/// be reused: say so, or a keep-alive client sends its next request into a
-/// socket the server is closing.
+/// A 401. The request body is at most partly read (see [`refuse`]), so the
+/// connection cannot be reused: say so, or a keep-alive client sends its
+/// next request into a socket the server is closing.
 fn unauthorized(message: impl Into<String>) -> Response {
     let e = ConnectError::new(Code::Unauthenticated, message);
     (
@@ -36,6 +36,31 @@ fn unauthorized(message: impl Into<String>) -> Response {
         e.to_json().to_string(),
     )
         .into_response()
+}
+
+/// How much of a refused request's body is read and dropped before the 401
+/// goes out, and for how long at most. Replying while the client is still
+/// writing makes its next write fail with EPIPE and the client reports a
+/// broken pipe instead of the 401 (Go's net/http, which envd uses, drains
+/// 256 KiB for the same reason). Anything larger is cut off.
+const REFUSED_BODY_DRAIN: usize = 256 << 10;
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A 401 for `req`, after reading a bounded part of its body.
+async fn refuse(req: Request, message: impl Into<String>) -> Response {
+    use futures::StreamExt as _;
+    let mut body = req.into_body().into_data_stream();
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, async {
+        let mut seen = 0usize;
+        while seen < REFUSED_BODY_DRAIN {
+            match body.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    unauthorized(message)
 }
 
 /// The value of query parameter `name`, percent-decoded.
@@ -75,7 +100,7 @@ pub async fn require_access_token(
         if constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return next.run(req).await;
         }
-        return unauthorized("invalid access token");
+        return refuse(req, "invalid access token").await;
     }
     if path == "/files" {
         let query = req.uri().query();
@@ -101,11 +126,11 @@ pub async fn require_access_token(
                 now,
             ) {
                 Ok(()) => next.run(req).await,
-                Err(e) => unauthorized(format!("invalid signature: {e}")),
+                Err(e) => refuse(req, format!("invalid signature: {e}")).await,
             };
         }
     }
-    unauthorized("missing access token: send X-Access-Token")
+    refuse(req, "missing access token: send X-Access-Token").await
 }
 
 /// The user a request acts as (rule 2 above).

@@ -1374,3 +1374,50 @@ async fn garbage_on_every_route_is_a_4xx_and_never_a_panic() {
         204
     );
 }
+
+/// Writes a POST /files with `token` in parts, headers then (after pauses)
+/// the body in two halves, the way an HTTP client streaming an upload does, and
+/// returns what the guest answered, or the socket error.
+async fn upload_in_parts(g: &Guest, token: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = g.base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let body = "x".repeat(4096);
+    let head = format!(
+        "POST /files?path={} HTTP/1.1\r\nHost: guest\r\nConnection: close\r\nX-Access-Token: {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        g.p("work/two-writes.txt"),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    // A server that replied and closed at the headers answers the first of
+    // these writes with a reset, and the second fails with EPIPE.
+    for half in [&body[..2048], &body[2048..]] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(half.as_bytes()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await?;
+    Ok(reply)
+}
+
+/// A refused upload whose body is still on its way gets its 401, not a
+/// reset connection: the guest reads (a bounded part of) the body first.
+/// The SDK reported "Broken pipe" instead of AuthenticationException when
+/// the guest replied and closed before the body was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upload_gets_its_401_while_the_body_is_in_flight() {
+    let g = start_with(|c| c.access_token = Some("s3cret".into())).await;
+    for _ in 0..3 {
+        let reply = upload_in_parts(&g, "wrong").await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    }
+    // Twin: the right token, the same two writes, and the upload lands.
+    let reply = upload_in_parts(&g, "s3cret").await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(
+        std::fs::read(g.path("work/two-writes.txt")).unwrap().len(),
+        4096
+    );
+}
