@@ -178,9 +178,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     // 3. Built-in templates.
     let progress: Arc<dyn Fn(&str) + Send + Sync> =
-        Arc::new(|line: &str| eprintln!("  template: {line}"));
-    eprintln!(
-        "hutch: making sure the built-in templates exist (the first build of debian:12 takes a few minutes)"
+        Arc::new(|line: &str| say(&format!("  template: {line}")));
+    say(
+        "hutch: making sure the built-in templates exist (the first build of debian:12 takes a few minutes)",
     );
     let builtins = agent
         .ensure_builtin_templates(progress)
@@ -189,7 +189,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut by_name = HashMap::new();
     for t in builtins {
         register_builtin(store.as_ref(), &t).await?;
-        eprintln!("hutch: template {} ready", t.name);
+        say(&format!("hutch: template {} ready", t.name));
         by_name.insert(TemplateRef::parse(&t.name)?.to_string(), t);
     }
 
@@ -220,13 +220,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         && r.removed.is_empty()
         && r.leftovers.is_empty())
     {
-        eprintln!(
+        say(&format!(
             "hutch: recovered: {} re-attached, {} failed, {} deletions finished, {} leftovers removed",
             r.reattached.len(),
             r.failed.len(),
             r.removed.len(),
             r.leftovers.len()
-        );
+        ));
     }
 
     // 5. Serve.
@@ -234,18 +234,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
-    println!("Hutch is serving at {url}");
+    let mut banner = format!("Hutch is serving at {url}\n");
     match &startup.bootstrap.generated_key {
         Some(key) => {
-            println!(
-                "Operator API key (shown once, store it now): {}",
+            banner += &format!(
+                "Operator API key (shown once, store it now): {}\n",
                 key.expose()
             );
-            println!("  export HUTCH_URL={url} HUTCH_API_KEY={}", key.expose());
+            banner += &format!("  export HUTCH_URL={url} HUTCH_API_KEY={}\n", key.expose());
         }
-        None => println!(
-            "  export HUTCH_URL={url}  (the operator key is HUTCH_ADMIN_KEY or the one printed at first start)"
-        ),
+        None => {
+            banner += &format!(
+                "  export HUTCH_URL={url}  (the operator key is HUTCH_ADMIN_KEY or the one printed at first start)\n"
+            )
+        }
+    }
+    // Whoever started us may have closed stdout after reading the URL: that must not end
+    // the server (`println!` panics on EPIPE), but a key nobody saw is worth saying.
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut std::io::stdout().lock()))
+    {
+        tracing::warn!(error = %e, "cannot print the URL and key to stdout");
+        if startup.bootstrap.generated_key.is_some() {
+            tracing::warn!(
+                "the generated operator key was not shown; set HUTCH_ADMIN_KEY or use a fresh data directory"
+            );
+        }
     }
     let stop = shutdown.clone();
     let signals = async move {
@@ -271,4 +285,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // re-attaches them.
     let _ = startup.sweeper.await;
     Ok(())
+}
+
+/// A progress line on stderr. Unlike `eprintln!` it cannot panic: a server
+/// whose stderr was closed keeps serving.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

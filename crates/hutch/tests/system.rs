@@ -64,13 +64,25 @@ impl Drop for Server {
 }
 
 fn serve(data: &Path) -> Server {
+    let (server, lines) = serve_in(data, PARENT);
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    server
+}
+
+/// Starts `hutch serve` under cgroup parent `parent` and reads its stdout up
+/// to the URL; the rest of stdout is the caller's.
+fn serve_in(
+    data: &Path,
+    parent: &str,
+) -> (Server, std::io::Lines<BufReader<std::process::ChildStdout>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hutch"))
         .args([
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--cgroup-parent",
-            PARENT,
+            parent,
             "--data-dir",
         ])
         .arg(data)
@@ -94,9 +106,58 @@ fn serve(data: &Path) -> Server {
             _ => panic!("hutch serve exited before serving"),
         }
     };
-    // Keep draining stdout so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
+    (Server { child, url }, lines)
+}
+
+/// A supervisor that closes the pipe (after reading the URL, or at once)
+/// must not take the server down with it: printing the banner used to panic
+/// on EPIPE and end `hutch serve` (seen as a reset connection in `make bench`).
+#[test]
+fn serve_outlives_a_closed_stdout() {
+    prerequisites();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hutch"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cgroup-parent", "hutch-e2e-stdout", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--guest-bin")
+        .arg(guest_bin())
+        .env("HUTCH_ADMIN_KEY", KEY)
+        .env("HUTCH_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting hutch serve");
+    // The read end is closed before the server prints anything.
+    drop(child.stdout.take());
+    let mut server = Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (code, body) = get(&server, "/v1/templates");
+        if code == 200 {
+            assert!(body.contains("busybox"), "{body}");
+            break;
+        }
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "hutch serve exited"
+        );
+        assert!(std::time::Instant::now() < deadline, "not serving in 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "hutch serve exited after it began serving"
+    );
 }
 
 fn cli(server: &Server, args: &[&str]) -> Output {
