@@ -251,8 +251,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Whoever started us may have closed stdout after reading the URL: that must not end
     // the server (`println!` panics on EPIPE), but a key nobody saw is worth saying.
-    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes())
-        .and_then(|()| std::io::Write::flush(&mut std::io::stdout().lock()))
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = std::io::Write::write_all(&mut stdout, banner.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut stdout))
     {
         tracing::warn!(error = %e, "cannot print the URL and key to stdout");
         if startup.bootstrap.generated_key.is_some() {

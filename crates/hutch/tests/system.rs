@@ -63,35 +63,23 @@ impl Drop for Server {
     }
 }
 
-fn serve(data: &Path) -> Server {
-    let (server, lines) = serve_in(data, PARENT);
-    // Keep draining stdout so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    server
-}
-
-/// Starts `hutch serve` under cgroup parent `parent` and reads its stdout up
-/// to the URL; the rest of stdout is the caller's.
-fn serve_in(
-    data: &Path,
-    parent: &str,
-) -> (Server, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hutch"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--cgroup-parent",
-            parent,
-            "--data-dir",
-        ])
+/// `hutch serve` on `listen` under cgroup parent `parent`, stdout piped.
+fn serve_command(data: &Path, listen: &str, parent: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutch"));
+    cmd.args(["serve", "--listen", listen, "--cgroup-parent", parent])
+        .arg("--data-dir")
         .arg(data)
         .arg("--guest-bin")
         .arg(guest_bin())
         .env("HUTCH_ADMIN_KEY", KEY)
         .env("HUTCH_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+fn serve(data: &Path) -> Server {
+    let mut child = serve_command(data, "127.0.0.1:0", PARENT)
         .spawn()
         .expect("starting hutch serve");
     let out = child.stdout.take().unwrap();
@@ -106,7 +94,9 @@ fn serve_in(
             _ => panic!("hutch serve exited before serving"),
         }
     };
-    (Server { child, url }, lines)
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
 }
 
 /// A supervisor that closes the pipe (after reading the URL, or at once)
@@ -121,18 +111,13 @@ fn serve_outlives_a_closed_stdout() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hutch"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cgroup-parent", "hutch-e2e-stdout", "--data-dir"])
-        .arg(tmp.path().join("data"))
-        .arg("--guest-bin")
-        .arg(guest_bin())
-        .env("HUTCH_ADMIN_KEY", KEY)
-        .env("HUTCH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting hutch serve");
+    let mut child = serve_command(
+        &tmp.path().join("data"),
+        &format!("127.0.0.1:{port}"),
+        "hutch-e2e-stdout",
+    )
+    .spawn()
+    .expect("starting hutch serve");
     // The read end is closed before the server prints anything.
     drop(child.stdout.take());
     let mut server = Server {
