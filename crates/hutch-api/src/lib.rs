@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod error;
 pub mod extract;
+pub mod linger;
 pub mod sandboxes;
 
 use std::future::Future;
@@ -146,17 +147,19 @@ pub fn router(control: Control) -> Router {
             state.clone(),
             extract::request_context,
         ))
+        .layer(axum::middleware::from_fn(linger::drain_refused))
         .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish.
+/// finish. Connections close by lingering ([`linger`]), so a refused upload's client reads its
+/// error rather than a reset.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(linger::LingeringListener::new(listener), router)
         .with_graceful_shutdown(shutdown)
         .await
 }
