@@ -171,8 +171,11 @@ impl FromRequestParts<GuestState> for RequestUser {
         if name.len() > 256 {
             return Err(unauthorized("user name too long"));
         }
-        let etc = state.config.etc_root.clone();
-        let looked = tokio::task::spawn_blocking(move || crate::users::lookup(&etc, &name)).await;
+        if let Some(u) = state.users.get(&state.config.etc_root, &name) {
+            return Ok(RequestUser(u));
+        }
+        let (etc, users) = (state.config.etc_root.clone(), state.users.clone());
+        let looked = tokio::task::spawn_blocking(move || users.lookup(&etc, &name)).await;
         match looked {
             Ok(Ok(u)) => Ok(RequestUser(u)),
             Ok(Err(e)) => Err(unauthorized(e.to_string())),

@@ -42,6 +42,8 @@ pub struct GuestState {
     pub reaper: reaper::Reaper,
     pub processes: Arc<process::Processes>,
     pub watchers: Arc<fs::Watchers>,
+    /// Users as the sandbox's passwd and group name them.
+    pub users: Arc<users::UserCache>,
 }
 
 impl GuestState {
@@ -56,6 +58,7 @@ impl GuestState {
             reaper,
             processes,
             watchers,
+            users: Arc::default(),
         })
     }
 }

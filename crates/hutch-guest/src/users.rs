@@ -1,9 +1,13 @@
 //! Users and groups as the sandbox knows them: read from its own
 //! `/etc/passwd` and `/etc/group` (under a root given by the configuration),
-//! never from the host's name service. Read on every lookup, so users added
-//! inside the sandbox after start are found.
+//! never from the host's name service. Users added inside the sandbox after
+//! start are found: [`UserCache`] keeps answers only while both files are
+//! unchanged (same inode, size and modification time).
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// A resolved user: what a process needs to run as it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +112,65 @@ pub fn lookup(etc_root: &Path, name: &str) -> Result<User, UserError> {
     Ok(user)
 }
 
+/// Identifies one version of a file: a rewrite changes the size or mtime, a
+/// replacement the inode. `None`: the file is absent.
+type Version = Option<(u64, u64, u64, i64, i64)>;
+
+fn version(path: &Path) -> Version {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Answers of [`lookup`] while `/etc/passwd` and `/etc/group` stay as they
+/// were: every command and file call names a user, and a hit costs two
+/// `stat`s instead of reading and parsing both files on a blocking thread.
+#[derive(Debug, Default)]
+pub struct UserCache {
+    inner: Mutex<CacheState>,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    versions: (Version, Version),
+    users: HashMap<String, User>,
+}
+
+/// Most names kept; a flood of distinct names cannot grow memory.
+const MAX_CACHED: usize = 64;
+
+impl UserCache {
+    /// The cached answer for `name` if the files have not changed. Two `stat`s:
+    /// cheap enough to make on an async worker.
+    pub fn get(&self, etc_root: &Path, name: &str) -> Option<User> {
+        let now = (
+            version(&etc_root.join("etc/passwd")),
+            version(&etc_root.join("etc/group")),
+        );
+        let state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (state.versions == now)
+            .then(|| state.users.get(name).cloned())
+            .flatten()
+    }
+
+    /// Looks `name` up and remembers the answer with the files' versions as
+    /// they were before reading them (a change during the read is seen next
+    /// time). Blocking.
+    pub fn lookup(&self, etc_root: &Path, name: &str) -> Result<User, UserError> {
+        let before = (
+            version(&etc_root.join("etc/passwd")),
+            version(&etc_root.join("etc/group")),
+        );
+        let user = lookup(etc_root, name)?;
+        let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if state.versions != before || state.users.len() >= MAX_CACHED {
+            state.versions = before;
+            state.users.clear();
+        }
+        state.users.insert(name.to_owned(), user.clone());
+        Ok(user)
+    }
+}
+
 /// Name of a uid or gid for display (`EntryInfo.owner/group`), or the number.
 pub fn name_of(etc_root: &Path, file: &str, id: u32) -> String {
     let db = read_db(&etc_root.join("etc").join(file)).unwrap_or_default();
@@ -170,5 +233,32 @@ mod tests {
         let u = lookup(d.path(), "root").unwrap();
         assert_eq!((u.uid, u.gid), (0, 0));
         assert!(lookup(d.path(), "user").is_err());
+    }
+
+    #[test]
+    fn the_cache_answers_only_while_the_files_are_unchanged() {
+        let d = fixture();
+        let cache = UserCache::default();
+        assert_eq!(cache.get(d.path(), "user"), None, "nothing cached yet");
+        let u = cache.lookup(d.path(), "user").unwrap();
+        assert_eq!(cache.get(d.path(), "user"), Some(u));
+        assert_eq!(cache.get(d.path(), "root"), None, "only what was looked up");
+        // A new group membership (same size would still change the mtime).
+        std::fs::write(
+            d.path().join("etc/group"),
+            "root:x:0:\nuser:x:1000:\nwheel:x:10:user,other\ndocker:x:999:user\nnew:x:77:user\n",
+        )
+        .unwrap();
+        assert_eq!(cache.get(d.path(), "user"), None, "a changed group file");
+        assert_eq!(
+            cache.lookup(d.path(), "user").unwrap().groups,
+            vec![10, 999, 77]
+        );
+        // A replaced passwd (rename over it: a new inode).
+        let tmp = d.path().join("etc/passwd.new");
+        std::fs::write(&tmp, "user:x:2000:1000::/home/user:/bin/sh\n").unwrap();
+        std::fs::rename(&tmp, d.path().join("etc/passwd")).unwrap();
+        assert_eq!(cache.get(d.path(), "user"), None, "a replaced passwd");
+        assert_eq!(cache.lookup(d.path(), "user").unwrap().uid, 2000);
     }
 }
