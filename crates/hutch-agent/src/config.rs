@@ -1,11 +1,17 @@
 //! What a [`crate::LocalAgent`] is built from. Every path is a parameter (STYLE.md 4).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use hutch_blob::BlobStore;
 
 use hutch_core::request::Runtime;
 use hutch_image::BuildConfig;
 use hutch_runtime::Isolation;
+
+/// [`AgentConfig::layer_cache_max_mb`] unless told otherwise: 20 GiB.
+pub const DEFAULT_LAYER_CACHE_MAX_MB: u64 = 20 << 10;
 
 /// Configuration of a [`crate::LocalAgent`].
 #[derive(Debug, Clone)]
@@ -27,6 +33,12 @@ pub struct AgentConfig {
     /// Cache of built-in template archives, outside the data dir so a fresh data dir
     /// reuses them.
     pub template_cache_dir: PathBuf,
+    /// Where template layers live for good (this host's layer cache is a cache of it): built-in
+    /// templates are put there, and a launch fetches the layers this host lacks from it.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The layer cache's size cap in MiB: above it, the least recently used layers no sandbox
+    /// uses are removed.
+    pub layer_cache_max_mb: u64,
     /// Tools and inputs of the built-in template builders.
     pub template_build: BuildConfig,
     /// Most sandboxes this host runs at once.
@@ -42,8 +54,14 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// Defaults for a host: `/sys/fs/cgroup`, parent `hutch`, `/proc`, the default template
     /// cache, 1000 sandboxes, 10 s for the guest to come up.
-    pub fn new(data_dir: impl Into<PathBuf>, guest_bin: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        guest_bin: impl Into<PathBuf>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Self {
         AgentConfig {
+            blobs,
+            layer_cache_max_mb: DEFAULT_LAYER_CACHE_MAX_MB,
             data_dir: data_dir.into(),
             guest_bin: guest_bin.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),

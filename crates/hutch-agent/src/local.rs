@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! <data>/                 0700
-//!   layers/<hex>/         unpacked template layers, read-only overlay lower dirs (see layers)
+//!   layers/<hex>/         unpacked template layers, read-only overlay lower dirs, a cache of
+//!                         the blob store's layer archives (see layers)
 //!   rootfs/<id>/          each sandbox's overlay and disk image (hutch-rootfs)
 //!   runtime/<crun|runc>/  the runtimes' `--root` state
 //!   sandboxes/<id>/       each sandbox's host state dir, 0700 (see state)
@@ -12,7 +13,9 @@
 //!
 //! # Launch
 //!
-//! 1. Check the runtime is usable here, the host has room, and every layer is cached.
+//! 1. Check the runtime is usable here, the host has room, and every layer is cached (the
+//!    control plane's `ensure_template` fetched missing ones from the blob store); mark the
+//!    layers used, so the cache does not evict them while the sandbox exists.
 //! 2. Create `sandboxes/<id>/` 0700. If it exists, stop here and touch nothing: it belongs to
 //!    another launch.
 //! 3. Write `meta.json`, the guest's token and env files (the env is the request's plus
@@ -51,7 +54,7 @@
 //! runtime in `meta.json`, its token in `guest/token`, and its guest on `guest.sock` (the
 //! guest still holds the listening socket).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
@@ -145,6 +148,13 @@ struct Inner {
     tokens: Mutex<HashMap<SandboxId, String>>,
     /// One lock per sandbox id: launch and destroy of one id never overlap.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The layers of each launch since its claim (its `meta.json` records them too, once
+    /// written). Held while choosing layers to evict, so a claim never sees a layer that is
+    /// about to go.
+    pinned: Mutex<HashMap<SandboxId, Vec<Digest>>>,
+    /// One lock per layer being fetched: concurrent launches of a new template download it
+    /// once.
+    fetches: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn host_err<E>(op: &'static str, id: &SandboxId) -> impl FnOnce(E) -> AgentError + use<E>
@@ -301,6 +311,8 @@ impl LocalAgent {
                 posture,
                 tokens: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
+                pinned: Mutex::new(HashMap::new()),
+                fetches: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -378,13 +390,77 @@ impl LocalAgent {
         .map_err(|e| template_err(e.to_string()))?
         .map_err(|e| template_err(error_chain(&e)))?;
         let digest = Digest::from_hex(&cached.sha256).map_err(|e| template_err(e.to_string()))?;
+        self.put_layer(digest, &cached.archive)
+            .await
+            .map_err(|e| template_err(error_chain(&e)))?;
+        // Unpacked from the local archive: the same bytes as the blob, without reading it back.
         self.install_layer(digest, cached.archive).await?;
+        self.evict_layers_but(vec![digest]).await;
         Ok(TemplateLayers {
             name: which.name().to_owned(),
             layers: vec![digest],
             default_user: BUILTIN_DEFAULT_USER.to_owned(),
             default_workdir: None,
         })
+    }
+
+    /// Puts a layer archive into the blob store under `digest` (which it must hash to), unless
+    /// it is there already. Streams the file: memory stays bounded.
+    async fn put_layer(&self, digest: Digest, archive: &Path) -> Result<(), hutch_blob::BlobError> {
+        let blobs = &self.inner.config.blobs;
+        if blobs.exists(&digest).await? {
+            return Ok(());
+        }
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(hutch_blob::BlobError::Input)?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        blobs.put_stream(Box::pin(stream), Some(digest)).await?;
+        tracing::info!(layer = %digest, archive = %archive.display(), "layer stored in the blob store");
+        Ok(())
+    }
+
+    /// Brings the layer cache under its cap (see [`LayerCache::evict`]); the layers of every
+    /// sandbox this host holds, and of launches under way, stay. Failures are logged: a full
+    /// cache is not a reason to fail the launch that filled it. Runs after every layer that
+    /// arrives on this host, keeping the template it arrived for.
+    pub async fn evict_layers(&self) {
+        self.evict_layers_but(Vec::new()).await
+    }
+
+    async fn evict_layers_but(&self, keep: Vec<Digest>) {
+        let inner = self.inner.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let pinned = inner.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_use: HashSet<Digest> = pinned.values().flatten().copied().collect();
+            in_use.extend(keep);
+            for e in fs::read_dir(&inner.sandboxes_dir)?.flatten() {
+                match StateDir::new(&inner.sandboxes_dir, &e.file_name().to_string_lossy())
+                    .read_meta()
+                {
+                    Ok(meta) if !meta.layers.is_empty() => in_use.extend(meta.layers),
+                    // Not written yet (its launch is pinned above) or gone meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Written before layers were recorded, or unreadable: which layers it
+                    // uses is unknown, so none may go.
+                    _ => return Ok(Vec::new()),
+                }
+            }
+            let max = inner.config.layer_cache_max_mb.saturating_mul(1 << 20);
+            inner
+                .layers
+                .evict(max, &in_use)
+                .map_err(std::io::Error::other)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(evicted)) if !evicted.is_empty() => {
+                tracing::info!(count = evicted.len(), "layer cache brought under its cap");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %error_chain(&e), "evicting layers failed"),
+            Err(e) => tracing::warn!(error = %e, "evicting layers failed"),
+        }
     }
 
     /// [`LocalAgent::ensure_builtin`] for `busybox` and `debian:12` (the latter takes about
@@ -537,19 +613,34 @@ impl Inner {
                 self.config.max_sandboxes
             )));
         }
+        {
+            let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            for layer in &launch.template.layers {
+                if !self.layers.contains(layer) {
+                    return Err(AgentError::Template {
+                        name: launch.template.name.clone(),
+                        reason: format!("layer {layer} is not cached on this host"),
+                    });
+                }
+            }
+            pinned.insert(id.clone(), launch.template.layers.clone());
+        }
         for layer in &launch.template.layers {
-            if !self.layers.contains(layer) {
-                return Err(AgentError::Template {
-                    name: launch.template.name.clone(),
-                    reason: format!("layer {layer} is not cached on this host"),
-                });
+            if let Err(e) = self.layers.touch(layer) {
+                tracing::warn!(layer = %layer, error = %error_chain(&e), "marking a layer used");
             }
         }
         let state = self.state(id);
-        state
-            .create()
-            .map_err(host_err("create the sandbox state dir", id))?;
+        if let Err(e) = state.create() {
+            self.unpin(id);
+            return Err(host_err("create the sandbox state dir", id)(e));
+        }
         Ok(state)
+    }
+
+    fn unpin(&self, id: &SandboxId) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        pinned.remove(id);
     }
 
     /// Launch steps 3–7 (blocking), once the state dir is ours.
@@ -566,6 +657,7 @@ impl Inner {
         let meta = Meta {
             runtime: launch.runtime,
             template: launch.template.name.clone(),
+            layers: launch.template.layers.clone(),
         };
         state
             .write(&meta, &launch.guest_token, &env)
@@ -794,6 +886,7 @@ impl Inner {
         note(self.wait_for_loop_release(id));
         note(state.remove().map_err(host_err("remove the state dir", id)));
         self.set_token(id, None);
+        self.unpin(id);
         first.map_or(Ok(()), Err)
     }
 
@@ -946,21 +1039,44 @@ fn delete_container(rt: &dyn OciRuntime, id: &SandboxId) -> Result<(), AgentErro
 #[async_trait]
 impl HostAgent for LocalAgent {
     async fn ensure_template(&self, template: &TemplateLayers) -> Result<(), AgentError> {
-        let missing: Vec<String> = template
+        let missing: Vec<Digest> = template
             .layers
             .iter()
             .filter(|d| !self.inner.layers.contains(d))
-            .map(ToString::to_string)
+            .copied()
             .collect();
         if missing.is_empty() {
             return Ok(());
         }
-        // Fetching layers from the blob store is the control plane's next step; today they
-        // arrive through `install_layer` / `ensure_builtin`.
-        Err(AgentError::Template {
-            name: template.name.clone(),
-            reason: format!("layers not cached on this host: {}", missing.join(", ")),
-        })
+        for digest in &missing {
+            let fetch = {
+                let mut fetches = self.inner.fetches.lock().unwrap_or_else(|p| p.into_inner());
+                fetches.entry(*digest).or_default().clone()
+            };
+            let _one_at_a_time = fetch.lock().await;
+            let t = std::time::Instant::now();
+            let fetched = self
+                .inner
+                .layers
+                .fetch(digest, self.inner.config.blobs.as_ref())
+                .await;
+            {
+                let mut fetches = self.inner.fetches.lock().unwrap_or_else(|p| p.into_inner());
+                fetches.remove(digest);
+            }
+            fetched.map_err(|e| AgentError::Template {
+                name: template.name.clone(),
+                reason: error_chain(&e),
+            })?;
+            tracing::info!(
+                template = %template.name,
+                layer = %digest,
+                ms = t.elapsed().as_millis() as u64,
+                "layer fetched from the blob store"
+            );
+        }
+        self.evict_layers_but(template.layers.clone()).await;
+        Ok(())
     }
 
     async fn launch(&self, launch: Launch) -> Result<Launched, AgentError> {

@@ -28,6 +28,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use hutch_core::Digest;
 use hutch_core::request::Runtime;
 
 /// What the agent writes down about a sandbox to find it again after a restart.
@@ -35,6 +36,10 @@ use hutch_core::request::Runtime;
 pub struct Meta {
     pub runtime: Runtime,
     pub template: String,
+    /// The template's layers: in use while this directory exists (the layer cache does not
+    /// evict them). Absent in state written before it was recorded.
+    #[serde(default)]
+    pub layers: Vec<Digest>,
 }
 
 /// Paths of one sandbox's state directory.
@@ -184,6 +189,7 @@ mod tests {
         let meta = Meta {
             runtime: Runtime::Runc,
             template: "busybox".into(),
+            layers: vec![Digest::of(b"layer")],
         };
         s.write(&meta, "tok", &BTreeMap::new()).unwrap();
         assert_eq!(s.read_meta().unwrap(), meta);

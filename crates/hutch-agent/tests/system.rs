@@ -89,7 +89,8 @@ impl Drop for Host {
 }
 
 fn config(dir: &Path, isolation: Isolation) -> AgentConfig {
-    let mut c = AgentConfig::new(dir.join("data"), guest_bin());
+    let blobs = hutch_blob::ObjectBlobStore::local(&dir.join("blobs")).expect("blob store");
+    let mut c = AgentConfig::new(dir.join("data"), guest_bin(), Arc::new(blobs));
     c.cgroup_parent = CGROUP_PARENT.into();
     c.template_cache_dir = dir.join("template-cache");
     c.isolation = isolation;
@@ -298,6 +299,85 @@ async fn lifecycle(runtime: Runtime) {
         HostSandboxState::Missing
     );
     assert!(h.agent.guest(&id).is_err(), "guest of a destroyed sandbox");
+}
+
+/// Another host sharing the blob store: its layer cache starts empty, holds at most `cap_mb`.
+fn second_host(h: &Host, cap_mb: u64) -> LocalAgent {
+    let mut c = config(h.dir.path(), Isolation::default());
+    c.data_dir = h.dir.path().join("data2");
+    c.layer_cache_max_mb = cap_mb;
+    LocalAgent::new(c).expect("second agent")
+}
+
+fn litter(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("layer dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".dl-") || n.starts_with(".tmp-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_come_from_the_blob_store_and_leave_when_unused() {
+    let h = host().await;
+    let digest = h.busybox.layers[0];
+    // A cap of 0: every layer no sandbox uses goes at the next eviction.
+    let other = second_host(&h, 0);
+    let layer_dir = other.layer_dir(&digest);
+    assert!(!layer_dir.exists());
+    let mut l = launch_of(&h, Runtime::Crun, resources());
+    let err = other.launch(l.clone()).await.expect_err("layer not here");
+    assert!(err.to_string().contains("not cached"), "{err}");
+
+    other.ensure_template(&h.busybox).await.expect("fetched");
+    assert!(layer_dir.join("bin/busybox").is_file());
+    l.id = SandboxId::generate();
+    h.launched.lock().expect("lock").push(l.id.clone());
+    other
+        .launch(l.clone())
+        .await
+        .expect("launch on the fetched layer");
+    let ran = sh(&other.guest(&l.id).expect("guest"), "echo fetched").await;
+    assert_eq!(ran.stdout, "fetched\n", "{ran:?}");
+
+    // In use: over the cap, but it stays.
+    other.evict_layers().await;
+    assert!(layer_dir.is_dir(), "a layer in use was evicted");
+    other.destroy(&l.id).await.expect("destroy");
+    // Unused now: it goes, and the next launch fetches it again.
+    other.evict_layers().await;
+    assert!(!layer_dir.exists(), "an unused layer over the cap stayed");
+    other
+        .ensure_template(&h.busybox)
+        .await
+        .expect("fetched again");
+    assert!(layer_dir.is_dir());
+
+    // Twin of the eviction: under a cap it fits, an unused layer stays.
+    let roomy = second_host(&h, 1024);
+    roomy.evict_layers().await;
+    assert!(layer_dir.is_dir(), "a layer under the cap was evicted");
+    drop(roomy);
+
+    // A blob that no longer matches its digest is refused and leaves nothing behind.
+    other.evict_layers().await;
+    assert!(!layer_dir.exists());
+    let blob = h.dir.path().join("blobs/sha256").join(digest.hex());
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).expect("corrupt the blob");
+    let err = other
+        .ensure_template(&h.busybox)
+        .await
+        .expect_err("a corrupt blob");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert!(!layer_dir.exists());
+    assert_eq!(
+        litter(layer_dir.parent().expect("cache")),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,7 +87,7 @@ impl From<BlobError> for hutch_core::Error {
 
 /// Content-addressed blob storage.
 #[async_trait]
-pub trait BlobStore: Send + Sync {
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// Stores `data` under its SHA-256. With `expected`, refuses (storing nothing) if the
     /// content hashes to anything else. Memory use is bounded by the part size.
     async fn put_stream(

@@ -3,20 +3,24 @@
 //!
 //! Start-up, in order:
 //! 1. Open the data directory (0700) and the SQLite store in it.
-//! 2. Open the host agent on `<data>/agent` (it finds what a previous run
-//!    left: sandboxes to re-attach, leftovers to clean).
-//! 3. Make sure the built-in templates exist (built the first time with
+//! 2. Open the blob store in `<data>/blobs` (template layers, for good).
+//! 3. Open the host agent on `<data>/agent` (it finds what a previous run
+//!    left: sandboxes to re-attach, leftovers to clean); its layer cache is
+//!    a cache of the blob store's layers.
+//! 4. Make sure the built-in templates exist (built the first time with
 //!    their progress printed; from the cache outside the data dir after
-//!    that) and register them in the store as platform templates.
-//! 4. Start the control plane: bootstrap the operator's key (printed once if
+//!    that), put their layers in the blob store and register them in the
+//!    store as platform templates.
+//! 5. Start the control plane: bootstrap the operator's key (printed once if
 //!    generated), reconcile the store with the host, start the sweeper.
-//! 5. Bind the listener, print the URL, serve until SIGTERM or SIGINT.
+//! 6. Bind the listener, print the URL, serve until SIGTERM or SIGINT.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
 use hutch_agent::{HostAgent, LocalAgent, TemplateLayers, config::AgentConfig};
+use hutch_blob::{BlobStore, ObjectBlobStore};
 use hutch_control::{Control, ControlConfig, LayerSource};
 use hutch_core::{Capacity, TemplateId, TemplateRef, TemplateState, Timestamp};
 use hutch_store::{
@@ -43,6 +47,11 @@ pub struct ServeArgs {
         default_value = "/var/cache/hutch/templates"
     )]
     pub template_cache: PathBuf,
+    /// Size cap of the host's cache of unpacked template layers, in MiB: above
+    /// it, the least recently used layers no sandbox uses are removed (the blob
+    /// store keeps them; a later sandbox fetches them again).
+    #[arg(long, env = "HUTCH_LAYER_CACHE_MB", default_value_t = hutch_agent::config::DEFAULT_LAYER_CACHE_MAX_MB)]
+    pub layer_cache_mb: u64,
     /// The cgroup every sandbox of this server lives under. Two servers on one
     /// host need two parents: each cleans up whatever it finds under its own.
     #[arg(long, env = "HUTCH_CGROUP_PARENT", default_value = "hutch")]
@@ -169,14 +178,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
 
-    // 2. Host agent.
-    let mut config = AgentConfig::new(args.data_dir.join("agent"), &args.guest_bin);
+    // 2. Blobs: template layers for good (the agent's layer cache is a cache of them).
+    let blob_dir = args.data_dir.join("blobs");
+    let blobs: Arc<dyn BlobStore> = Arc::new(
+        ObjectBlobStore::local(&blob_dir)
+            .with_context(|| format!("opening the blob store in {}", blob_dir.display()))?,
+    );
+
+    // 3. Host agent.
+    let mut config = AgentConfig::new(args.data_dir.join("agent"), &args.guest_bin, blobs);
+    config.layer_cache_max_mb = args.layer_cache_mb;
     config.template_cache_dir = args.template_cache.clone();
     config.cgroup_parent = args.cgroup_parent.clone();
     let max_sandboxes = config.max_sandboxes as u32;
     let agent = Arc::new(LocalAgent::new(config).context("starting the host agent")?);
 
-    // 3. Built-in templates.
+    // 4. Built-in templates.
     let progress: Arc<dyn Fn(&str) + Send + Sync> =
         Arc::new(|line: &str| say(&format!("  template: {line}")));
     say(
@@ -196,7 +213,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Disk images for sandboxes of the default size, formatted ahead.
     agent.warm_disk_pool(u64::from(hutch_core::request::limits::DISK_MB_DEFAULT));
 
-    // 4. Control plane.
+    // 5. Control plane.
     let shutdown = CancellationToken::new();
     let control = Control::new(
         store,
@@ -229,7 +246,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ));
     }
 
-    // 5. Serve.
+    // 6. Serve.
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -345,4 +345,19 @@ fn serve_cli_files_and_sigkill_recovery() {
         !Path::new(&format!("/sys/fs/cgroup/pids/{PARENT}/{a}")).exists(),
         "cgroup left"
     );
+
+    // 5. Every cached layer is also in the blob store, the copy other hosts fetch.
+    let names = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let cached = names(&data.join("agent/layers"));
+    assert_eq!(cached.len(), 2, "busybox and debian:12: {cached:?}");
+    assert_eq!(names(&data.join("blobs/sha256")), cached);
 }
