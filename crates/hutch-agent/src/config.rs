@@ -39,6 +39,10 @@ pub struct AgentConfig {
     /// The layer cache's size cap in MiB: above it, the least recently used layers no sandbox
     /// uses are removed.
     pub layer_cache_max_mb: u64,
+    /// Turn on the host's cgroup2 option `favordynmods` at start (see
+    /// `hutch_cgroup::dynmods`): a sandbox start then skips an RCU grace period (10–20 ms
+    /// here). Host-wide and lasting until reboot; `false` leaves the host as it is.
+    pub favor_cgroup_dynmods: bool,
     /// Tools and inputs of the built-in template builders.
     pub template_build: BuildConfig,
     /// Most sandboxes this host runs at once.
@@ -62,6 +66,7 @@ impl AgentConfig {
         AgentConfig {
             blobs,
             layer_cache_max_mb: DEFAULT_LAYER_CACHE_MAX_MB,
+            favor_cgroup_dynmods: true,
             data_dir: data_dir.into(),
             guest_bin: guest_bin.into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),

@@ -255,6 +255,21 @@ impl LocalAgent {
                 path: config.cgroup_root.clone(),
                 source,
             })?;
+        if config.favor_cgroup_dynmods {
+            let mountinfo = config.proc_root.join("self/mountinfo");
+            match hutch_cgroup::dynmods::favor_dynamic_modifications(&mountinfo) {
+                Ok(hutch_cgroup::dynmods::Dynmods::TurnedOn(at)) => tracing::info!(
+                    mount = %at.display(),
+                    "turned on the cgroup2 option favordynmods: sandbox starts skip an RCU grace period"
+                ),
+                Ok(outcome) => tracing::debug!(?outcome, "cgroup2 favordynmods"),
+                // Slower starts, nothing worse: not a reason to refuse to run.
+                Err(e) => tracing::warn!(
+                    error = %error_chain(&e),
+                    "cannot turn on the cgroup2 option favordynmods; sandbox starts will be slower"
+                ),
+            }
+        }
         let cgroups =
             cgroup_fs
                 .parent(&config.cgroup_parent)

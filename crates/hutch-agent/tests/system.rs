@@ -380,6 +380,47 @@ async fn layers_come_from_the_blob_store_and_leave_when_unused() {
     );
 }
 
+/// The options of the host's first cgroup2 superblock.
+fn cgroup2_options() -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    hutch_cgroup::dynmods::cgroup2_mounts(&mountinfo)
+        .into_iter()
+        .next()
+        .expect("prerequisite: a cgroup2 mount (the hybrid `unified` one on these hosts)")
+        .super_options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_turns_on_favordynmods_unless_told_not_to() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let on = || cgroup2_options().iter().any(|o| o == "favordynmods");
+    // Off, as on a fresh host (util-linux: a remount with exactly the options given).
+    let target = hutch_cgroup::dynmods::cgroup2_mounts(
+        &std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"),
+    )[0]
+    .target
+    .clone();
+    let status = std::process::Command::new("mount")
+        .args(["--options-mode=ignore", "-o", "remount"])
+        .arg(&target)
+        .status()
+        .expect("mount");
+    assert!(status.success());
+    assert!(!on(), "the option could not be turned off for the test");
+    let mut c = config(dir.path(), Isolation::default());
+    c.favor_cgroup_dynmods = false;
+    drop(LocalAgent::new(c.clone()).expect("agent"));
+    assert!(!on(), "the agent changed the host although told not to");
+    c.favor_cgroup_dynmods = true;
+    drop(LocalAgent::new(c).expect("agent"));
+    assert!(
+        on(),
+        "the agent did not turn favordynmods on: {:?}",
+        cgroup2_options()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crun_launch_exec_destroy_leaves_nothing() {
     lifecycle(Runtime::Crun).await;

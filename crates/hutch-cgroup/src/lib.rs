@@ -6,6 +6,9 @@
 //! accounting (memory, OOM kills, pids, CPU), freezing and thawing it, signalling every process in
 //! it, removing its directories in every hierarchy, and listing leftover sandbox cgroups.
 //!
+//! It also turns on the cgroup2 option that makes moving tasks between cgroups cheap
+//! ([`dynmods`]), which the host agent asks for at start.
+//!
 //! **Must not**: decide limits (the OCI runtime writes them from the bundle), start processes, or
 //! signal a process by a PID it read earlier without freezing the cgroup first (R13: a PID read
 //! from `cgroup.procs` of a frozen cgroup cannot be recycled under us, except by an outside
@@ -16,6 +19,8 @@
 //! (`memory`, `cpu,cpuacct`, ...); symlinked aliases (`cpu -> cpu,cpuacct`) are skipped so each
 //! hierarchy is visited once.
 #![forbid(unsafe_code)]
+
+pub mod dynmods;
 
 use std::collections::BTreeSet;
 use std::fs;
