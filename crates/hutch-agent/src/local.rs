@@ -144,8 +144,10 @@ struct Inner {
     /// Usable runtimes, the default first.
     runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)>,
     posture: Posture,
-    /// Guest tokens of the sandboxes seen since start (also in each state dir).
-    tokens: Mutex<HashMap<SandboxId, String>>,
+    /// A client of each sandbox's guest seen since start (its token is also in the state
+    /// dir). Kept so that calls reuse the client's pooled connections: a new connection per
+    /// exec cost a connect and an accept on the guest's side.
+    clients: Mutex<HashMap<SandboxId, GuestClient>>,
     /// One lock per sandbox id: launch and destroy of one id never overlap.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// The layers of each launch since its claim (its `meta.json` records them too, once
@@ -324,7 +326,7 @@ impl LocalAgent {
                 cgroups,
                 runtimes,
                 posture,
-                tokens: Mutex::new(HashMap::new()),
+                clients: Mutex::new(HashMap::new()),
                 locks: Mutex::new(HashMap::new()),
                 pinned: Mutex::new(HashMap::new()),
                 fetches: Mutex::new(HashMap::new()),
@@ -600,16 +602,16 @@ impl Inner {
             .map(|(_, rt)| rt.clone())
     }
 
-    fn token(&self, id: &SandboxId) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        tokens.get(id).cloned()
+    fn client(&self, id: &SandboxId) -> Option<GuestClient> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients.get(id).cloned()
     }
 
-    fn set_token(&self, id: &SandboxId, token: Option<String>) {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        match token {
-            Some(t) => tokens.insert(id.clone(), t),
-            None => tokens.remove(id),
+    fn set_client(&self, id: &SandboxId, client: Option<GuestClient>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        match client {
+            Some(c) => clients.insert(id.clone(), c),
+            None => clients.remove(id),
         };
     }
 
@@ -900,7 +902,7 @@ impl Inner {
         );
         note(self.wait_for_loop_release(id));
         note(state.remove().map_err(host_err("remove the state dir", id)));
-        self.set_token(id, None);
+        self.set_client(id, None);
         self.unpin(id);
         first.map_or(Ok(()), Err)
     }
@@ -1107,7 +1109,7 @@ impl HostAgent for LocalAgent {
 
         let inner = self.inner.clone();
         let l = launch.clone();
-        let result: Result<Launched, AgentError> = async {
+        let result: Result<(Launched, GuestClient), AgentError> = async {
             let started = blocking(&id, move || inner.start(&l, &state).map(Arc::new)).await?;
             let steps = started.steps;
             let client = GuestClient::new(Endpoint::Unix(self.inner.state(&id).socket()))
@@ -1131,16 +1133,18 @@ impl HostAgent for LocalAgent {
                 posture_us = micros_since(t),
                 "sandbox launched"
             );
-            Ok(Launched {
+            let launched = Launched {
                 id: id.clone(),
                 runtime: launch.runtime,
                 init_pid,
-            })
+            };
+            Ok((launched, client))
         }
         .await;
         match result {
-            Ok(launched) => {
-                self.inner.set_token(&id, Some(launch.guest_token));
+            Ok((launched, client)) => {
+                // Its connection from the health check stays pooled for the first call.
+                self.inner.set_client(&id, Some(client));
                 Ok(launched)
             }
             Err(e) => {
@@ -1157,21 +1161,19 @@ impl HostAgent for LocalAgent {
 
     fn guest(&self, id: &SandboxId) -> Result<GuestClient, AgentError> {
         let state = self.inner.state(id);
-        let token = match self.inner.token(id) {
-            Some(t) => t,
-            None => {
-                // A sandbox launched before a restart: its token is in its state dir.
-                let t = state
-                    .read_token()
-                    .map_err(|_| AgentError::NotFound(id.clone()))?;
-                self.inner.set_token(id, Some(t.clone()));
-                t
-            }
-        };
         if !state.exists() {
             return Err(AgentError::NotFound(id.clone()));
         }
-        Ok(GuestClient::new(Endpoint::Unix(state.socket())).with_token(token))
+        if let Some(client) = self.inner.client(id) {
+            return Ok(client);
+        }
+        // A sandbox launched before a restart: its token is in its state dir.
+        let token = state
+            .read_token()
+            .map_err(|_| AgentError::NotFound(id.clone()))?;
+        let client = GuestClient::new(Endpoint::Unix(state.socket())).with_token(token);
+        self.inner.set_client(id, Some(client.clone()));
+        Ok(client)
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<(), AgentError> {

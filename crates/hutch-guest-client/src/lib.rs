@@ -136,12 +136,14 @@ impl tower::Service<http::Uri> for UnixConnector {
     }
 }
 
+#[derive(Clone)]
 enum Transport {
     Unix(Client<UnixConnector, Body>),
     Tcp(Client<hyper_util::client::legacy::connect::HttpConnector, Body>),
 }
 
-/// A client of one guest. Cheap to clone; connections are pooled.
+/// A client of one guest. Cheap to clone; clones share the pool of connections.
+#[derive(Clone)]
 pub struct GuestClient {
     transport: Transport,
     base: String,
