@@ -565,6 +565,15 @@ async fn roles_keys_workspaces_and_audit() {
             .all(|k| k.get("secret").is_none() && k["prefix"].as_str().is_some())
     );
     let ci = created["id"].as_str().expect("id");
+    // Used once first, so that the server has it among its recently accepted keys.
+    let (st, _) = s
+        .call(s.req(
+            created["secret"].as_str().expect("secret"),
+            Method::GET,
+            "/v1/sandboxes",
+        ))
+        .await;
+    assert_eq!(st, 200);
     let (st, _) = s
         .call(s.req(&admin, Method::DELETE, &format!("/v1/keys/{ci}")))
         .await;

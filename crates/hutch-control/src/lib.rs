@@ -26,6 +26,7 @@ pub mod admin;
 pub mod error;
 pub mod exec;
 pub mod files;
+mod keycache;
 pub mod metrics;
 pub mod pty;
 pub mod sandboxes;
@@ -124,6 +125,10 @@ struct Inner {
     /// Serialises the quota and capacity check with the insert that consumes it.
     admission: tokio::sync::Mutex<()>,
     metrics: Metrics,
+    /// Held for reading by each audit entry written in the background; taken for writing to
+    /// wait for all of them.
+    audit_writes: Arc<tokio::sync::RwLock<()>>,
+    keys: keycache::KeyCache,
 }
 
 impl Control {
@@ -136,6 +141,8 @@ impl Control {
                 locks: Locks::default(),
                 admission: tokio::sync::Mutex::new(()),
                 metrics: Metrics::new(),
+                audit_writes: Arc::default(),
+                keys: keycache::KeyCache::default(),
             }),
         }
     }

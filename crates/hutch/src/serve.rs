@@ -301,11 +301,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(signals);
     let stopped = shutdown.clone();
-    hutch_api::serve(listener, hutch_api::router(control), async move {
+    hutch_api::serve(listener, hutch_api::router(control.clone()), async move {
         stopped.cancelled().await
     })
     .await
     .context("serving the API")?;
+    // Audit entries still being written land before the process ends.
+    control.settle_audit().await;
     // Sandboxes keep running across a restart of the server: the next start
     // re-attaches them.
     let _ = startup.sweeper.await;
