@@ -52,17 +52,19 @@ pub fn cgroup2_mounts(mountinfo: &str) -> Vec<Cgroup2Mount> {
                 .filter(|o| !o.is_empty())
                 .map(str::to_owned)
                 .collect();
-            let target = unescape(head.split(' ').nth(4)?);
             Some(Cgroup2Mount {
-                target: PathBuf::from(target),
+                target: unescape(head.split(' ').nth(4)?),
                 super_options,
             })
         })
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(field: &str) -> String {
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`). hutch-rootfs
+/// has its own copy of these few lines: neither crate depends on the other, and a shared crate
+/// (or `procfs`) for one function would weigh more than the copy.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -80,7 +82,7 @@ fn unescape(field: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    PathBuf::from(std::ffi::OsStr::from_bytes(&out))
 }
 
 /// The cgroup2 options to set when reconfiguring a superblock that has `current`: every flag in
