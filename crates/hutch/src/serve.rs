@@ -166,6 +166,7 @@ fn host_capacity(args: &ServeArgs, max_sandboxes: u32) -> Capacity {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    raise_nofile();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -312,6 +313,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // re-attaches them.
     let _ = startup.sweeper.await;
     Ok(())
+}
+
+/// Lifts the soft limit on open files to the hard one, as Go's runtime does for every
+/// program: the server keeps a pooled connection to each busy sandbox's guest, and a
+/// systemd service's soft default of 1024 is below what a full host needs.
+fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let before = limit.current;
+    limit.current = limit.maximum;
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::debug!(?before, now = ?limit.maximum, "raised RLIMIT_NOFILE"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
 }
 
 /// A progress line on stderr. Unlike `eprintln!` it cannot panic: a server

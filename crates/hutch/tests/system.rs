@@ -63,9 +63,11 @@ impl Drop for Server {
     }
 }
 
-/// `hutch serve` on `listen` under cgroup parent `parent`, stdout piped.
+/// `hutch serve` on `listen` under cgroup parent `parent`, stdout piped; started through
+/// `prlimit` with a soft limit of 1024 open files (a systemd service's default).
 fn serve_command(data: &Path, listen: &str, parent: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hutch"));
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=1024:", "--", env!("CARGO_BIN_EXE_hutch")]);
     cmd.args(["serve", "--listen", listen, "--cgroup-parent", parent])
         .arg("--data-dir")
         .arg(data)
@@ -142,6 +144,30 @@ fn serve_outlives_a_closed_stdout() {
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "hutch serve exited after it began serving"
+    );
+
+    // It raised its soft limit on open files to the hard one...
+    let nofile = |limits: &str| -> (String, String) {
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("Max open files");
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f[3].to_owned(), f[4].to_owned())
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let (soft, hard) = nofile(&limits);
+    assert_eq!(soft, hard, "{limits}");
+    // ...from the 1024 it was started with (the twin: prlimit does lower it).
+    let out = Command::new("prlimit")
+        .args(["--nofile=1024:", "--", "cat", "/proc/self/limits"])
+        .output()
+        .expect("prlimit");
+    let (soft, hard) = nofile(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(soft, "1024");
+    assert_ne!(
+        hard, "1024",
+        "the hard limit must be above 1024 for this test"
     );
 }
 
