@@ -384,7 +384,12 @@ async fn measure(
     println!(
         "in-process cgroup workaround) running a bundle with the same isolation settings on the same"
     );
-    println!("read-only rootfs, without Hutch's overlay, disk image, guest or API.\n");
+    println!(
+        "read-only rootfs, without Hutch's overlay, disk image, guest or API. `hutch serve` turns on"
+    );
+    println!(
+        "the host-wide cgroup2 option `favordynmods` at start, so the baseline runs with it too.\n"
+    );
     println!("| figure | Hutch | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     println!(
