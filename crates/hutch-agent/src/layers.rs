@@ -19,7 +19,8 @@
 //! Bookkeeping for eviction lives in `.meta/<hex>`: the layer's size in bytes (written at
 //! install, hard links counted once), and as the file's mtime the layer's last use
 //! ([`LayerCache::touch`], at every launch). [`LayerCache::evict`] removes the least recently
-//! used layers, never one in use, until the cache is under its cap; the blob store still has
+//! used layers, never one in use, until the cache is under its cap (renamed away under the
+//! cache's lock, deleted after it by [`LayerCache::remove_evicted`]); the blob store still has
 //! them, so a later launch fetches them again.
 //!
 //! Everything but `fetch` blocks: callers use `spawn_blocking`.
@@ -80,8 +81,17 @@ pub struct LayerCache {
     dir: PathBuf,
 }
 
-/// Numbers the downloads of this process.
+/// Numbers the downloads and evictions of this process (temporary names).
 static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+
+/// Name prefix of an evicted layer waiting to be deleted (a kind of `.tmp-` litter).
+const EVICTED: &str = ".tmp-evict-";
+
+/// The layer cache's lock; see [`LayerCache::lock`].
+pub struct CacheLock {
+    /// Closing it releases the `flock`.
+    _file: fs::File,
+}
 
 impl LayerCache {
     /// Creates `dir` and `dir/.meta` (0700) if needed and removes downloads a dead agent left.
@@ -183,14 +193,17 @@ impl LayerCache {
         Ok(size)
     }
 
-    /// Removes least recently used layers not in `in_use` until the cache holds at most
-    /// `max_bytes`. Returns the layers removed, oldest first. Blocking.
+    /// Takes layers that are not in `in_use`, least recently used first, out of the cache until
+    /// it holds at most `max_bytes`: each is renamed out of sight (atomic), to be deleted by
+    /// [`LayerCache::remove_evicted`] once the caller has let go of its own locks. Returns the
+    /// layers taken, oldest first. `lock` is the cache's lock ([`LayerCache::lock`]), so that no
+    /// install runs meanwhile. Blocking.
     pub fn evict(
         &self,
+        _lock: &CacheLock,
         max_bytes: u64,
         in_use: &HashSet<Digest>,
     ) -> Result<Vec<Digest>, LayerError> {
-        let _lock = self.lock()?;
         let mut layers = Vec::new();
         let entries = fs::read_dir(&self.dir).map_err(io_err("list layers", &self.dir))?;
         for e in entries.flatten() {
@@ -220,16 +233,15 @@ impl LayerCache {
             if in_use.contains(&digest) {
                 continue;
             }
-            // Out of sight first (a rename is atomic), then removed at leisure.
             let path = self.path(&digest);
             let doomed = self.dir.join(format!(
-                ".tmp-evict-{}-{}",
+                "{EVICTED}{}-{}-{}",
                 digest.hex(),
-                std::process::id()
+                std::process::id(),
+                DOWNLOADS.fetch_add(1, Ordering::Relaxed)
             ));
             fs::rename(&path, &doomed).map_err(io_err("evict layer", &path))?;
             let _ = fs::remove_file(self.meta_path(&digest));
-            fs::remove_dir_all(&doomed).map_err(io_err("remove evicted layer", &doomed))?;
             tracing::info!(layer = %digest, bytes = size, "evicted a layer from the host cache");
             total -= size;
             evicted.push(digest);
@@ -237,8 +249,22 @@ impl LayerCache {
         Ok(evicted)
     }
 
-    /// The cache-wide lock of installs and evictions.
-    fn lock(&self) -> Result<fs::File, LayerError> {
+    /// Deletes the layers [`LayerCache::evict`] took out. Needs no lock: nothing else uses
+    /// those names (an install's litter removal may race it; either deletion is fine).
+    pub fn remove_evicted(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(EVICTED) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// The cache-wide lock of installs and evictions (an exclusive `flock`, held until the
+    /// value is dropped).
+    pub fn lock(&self) -> Result<CacheLock, LayerError> {
         let lock_path = self.dir.join(".lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -248,7 +274,7 @@ impl LayerCache {
             .map_err(io_err("open layer lock", &lock_path))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_err("lock", &lock_path)(e.into()))?;
-        Ok(lock)
+        Ok(CacheLock { _file: lock })
     }
 
     /// The directory of one layer (whether or not it is present).
@@ -441,15 +467,32 @@ mod tests {
         }
         let total: u64 = layers.iter().map(size).sum();
         // Room for everything: nothing goes.
-        assert!(cache.evict(total, &HashSet::new()).unwrap().is_empty());
+        let lock = cache.lock().unwrap();
+        assert!(
+            cache
+                .evict(&lock, total, &HashSet::new())
+                .unwrap()
+                .is_empty()
+        );
         // Room for two, `a` in use: `b`, the oldest unused, goes.
         let in_use = HashSet::from([layers[0]]);
-        let evicted = cache.evict(total - 1, &in_use).unwrap();
+        let evicted = cache.evict(&lock, total - 1, &in_use).unwrap();
         assert_eq!(evicted, vec![layers[1]]);
         assert!(cache.contains(&layers[0]) && !cache.contains(&layers[1]));
+        // Out of sight at once, deleted when asked.
+        let waiting = || {
+            fs::read_dir(tmp.path().join("layers"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(EVICTED))
+                .count()
+        };
+        assert_eq!(waiting(), 1);
+        cache.remove_evicted();
+        assert_eq!(waiting(), 0);
         // `c` is used now; with room for nothing, only what is in use stays.
         cache.touch(&layers[2]).unwrap();
-        let evicted = cache.evict(0, &in_use).unwrap();
+        let evicted = cache.evict(&lock, 0, &in_use).unwrap();
         assert_eq!(evicted, vec![layers[2]]);
         assert!(cache.contains(&layers[0]));
         assert!(!cache.meta_path(&layers[2]).exists());

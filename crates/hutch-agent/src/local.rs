@@ -448,6 +448,9 @@ impl LocalAgent {
     async fn evict_layers_but(&self, keep: Vec<Digest>) {
         let inner = self.inner.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            // The cache's lock first (an install may hold it for seconds), then the pins:
+            // claims wait only while victims are chosen and renamed away.
+            let lock = inner.layers.lock().map_err(std::io::Error::other)?;
             let pinned = inner.pinned.lock().unwrap_or_else(|p| p.into_inner());
             let mut in_use: HashSet<Digest> = pinned.values().flatten().copied().collect();
             in_use.extend(keep);
@@ -464,10 +467,14 @@ impl LocalAgent {
                 }
             }
             let max = inner.config.layer_cache_max_mb.saturating_mul(1 << 20);
-            inner
+            let evicted = inner
                 .layers
-                .evict(max, &in_use)
-                .map_err(std::io::Error::other)
+                .evict(&lock, max, &in_use)
+                .map_err(std::io::Error::other)?;
+            drop(pinned);
+            drop(lock);
+            inner.layers.remove_evicted();
+            Ok::<_, std::io::Error>(evicted)
         })
         .await;
         match outcome {
