@@ -825,6 +825,18 @@ async fn another_workspaces_sandbox_is_404_on_every_route() {
             String::from_utf8_lossy(&screen)
         );
     }
+
+    // The owner's calls left the running sandbox's row in the server's cache: another
+    // workspace still gets a 404, not the cached row.
+    for key in [&admin_b, &member_b] {
+        let (st, _) = s
+            .call(
+                s.req(key, Method::POST, &format!("/v1/sandboxes/{id}/exec"))
+                    .json(&json!({"cmd": ["true"], "wait": true})),
+            )
+            .await;
+        assert_eq!(st, 404);
+    }
     let (st, _) = s
         .call(s.req(&member_a, Method::DELETE, &format!("/v1/sandboxes/{id}")))
         .await;
@@ -1032,7 +1044,7 @@ async fn restart_recovers_live_fails_dead_and_destroys_leftovers() {
     .expect("leftover launched");
     let live_pid = guest_pid(&s, &live);
     let dead_id = SandboxId::parse(&dead).expect("id");
-    s.stop().await;
+    s.stop_leaving_sandboxes().await;
     // While the server is down, one sandbox dies.
     let agent_view = ProcessAgent::new(std::path::PathBuf::new(), dir.path().join("sandboxes"));
     agent_view.kill_guest(&dead_id);

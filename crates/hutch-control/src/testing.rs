@@ -117,6 +117,22 @@ impl ProcessAgent {
             .ok()
     }
 
+    /// Kills the guest of every sandbox under this agent's root (a test's end: guests are
+    /// host processes here and would outlive the test otherwise).
+    pub fn kill_all(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if let Some(pid) = std::fs::read_to_string(e.path().join("pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+            {
+                kill_pid(pid);
+            }
+        }
+    }
+
     /// Kills a sandbox's guest the way a crash would (its directory stays).
     pub fn kill_guest(&self, id: &SandboxId) {
         if let Some(pid) = self.pid_of(id) {

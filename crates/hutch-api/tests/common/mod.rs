@@ -77,6 +77,16 @@ async fn seed_templates(store: &SqliteStore) {
     }
 }
 
+/// A test that ends without [`Server::stop`] (a failed assertion) still kills the guests it
+/// left running; [`Server::stop_leaving_sandboxes`] leaves them for the next server.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            self.agent.kill_all();
+        }
+    }
+}
+
 impl Server {
     /// A server over `root` (its database and sandboxes live there), configured by `tweak`.
     pub async fn start_at(
@@ -141,8 +151,16 @@ impl Server {
         Server::start_at(root, |_| {}, |a| a).await
     }
 
-    /// Stops serving and the sweeper (sandboxes keep running, as after a crash).
-    pub async fn stop(mut self) {
+    /// Stops serving and the sweeper, and kills the guests left running (a test's end).
+    pub async fn stop(self) {
+        let agent = self.agent.clone();
+        self.stop_leaving_sandboxes().await;
+        agent.kill_all();
+    }
+
+    /// Stops serving and the sweeper; sandboxes keep running, as after a crash, for a server
+    /// started next over the same root.
+    pub async fn stop_leaving_sandboxes(mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.server.take() {
             let _ = h.await;
