@@ -29,6 +29,7 @@ pub mod files;
 mod keycache;
 pub mod metrics;
 pub mod pty;
+mod rowcache;
 pub mod sandboxes;
 pub mod views;
 
@@ -129,6 +130,7 @@ struct Inner {
     /// wait for all of them.
     audit_writes: Arc<tokio::sync::RwLock<()>>,
     keys: keycache::KeyCache,
+    rows: rowcache::RowCache,
 }
 
 impl Control {
@@ -143,6 +145,7 @@ impl Control {
                 metrics: Metrics::new(),
                 audit_writes: Arc::default(),
                 keys: keycache::KeyCache::default(),
+                rows: rowcache::RowCache::default(),
             }),
         }
     }

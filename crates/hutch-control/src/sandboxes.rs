@@ -116,12 +116,33 @@ impl Control {
         let own = &caller.principal.workspace_id;
         authorize(&caller.principal, action, Scope::Workspace(own))?;
         let id = SandboxId::parse(id).map_err(|_| not_found())?;
-        let found = if caller.principal.role == Role::Operator {
-            self.store().get_sandbox_unscoped(&id).await?
+        let operator = caller.principal.role == Role::Operator;
+        // Commands and files on a running sandbox use the row cache (see rowcache).
+        let cached = if action == Action::SandboxUse {
+            Some(self.inner.rows.get(&id))
         } else {
-            self.store().get_sandbox(own, &id).await?
+            None
         };
-        let record = found.ok_or_else(not_found)?;
+        let record = match cached {
+            Some(Ok(row)) => {
+                if !operator && row.workspace_id != *own {
+                    return Err(not_found());
+                }
+                row
+            }
+            _ => {
+                let found = if operator {
+                    self.store().get_sandbox_unscoped(&id).await?
+                } else {
+                    self.store().get_sandbox(own, &id).await?
+                };
+                let record = found.ok_or_else(not_found)?;
+                if let Some(Err(generation)) = cached {
+                    self.inner.rows.put(&record, generation);
+                }
+                record
+            }
+        };
         authorize(
             &caller.principal,
             action,
@@ -267,7 +288,9 @@ impl Control {
                     reason: None,
                     now: Timestamp::now(),
                 };
-                match self.store().transition_sandbox(&id, t).await {
+                let moved = self.store().transition_sandbox(&id, t).await;
+                self.inner.rows.forget(&id);
+                match moved {
                     Ok(r) => Ok(r),
                     Err(e) => {
                         // The row went away or changed (its workspace was deleted): undo.
@@ -286,7 +309,9 @@ impl Control {
                     reason: Some(reason.to_owned()),
                     now: Timestamp::now(),
                 };
-                if let Err(te) = self.store().transition_sandbox(&id, t).await {
+                let moved = self.store().transition_sandbox(&id, t).await;
+                self.inner.rows.forget(&id);
+                if let Err(te) = moved {
                     tracing::error!(sandbox = %id, error = %crate::error::chain(&te), "marking a failed launch");
                 }
                 Err(ControlError::agent("launching a sandbox", e))
@@ -411,9 +436,9 @@ impl Control {
                 .transition(&record, SandboxState::Stopped, None)
                 .await?;
         }
-        self.store()
-            .delete_sandbox(&record.workspace_id, id)
-            .await?;
+        let deleted = self.store().delete_sandbox(&record.workspace_id, id).await;
+        self.inner.rows.forget(id);
+        deleted?;
         drop(guard);
         self.inner.locks.forget(id);
         Ok(())
@@ -425,7 +450,7 @@ impl Control {
         to: SandboxState,
         reason: Option<&str>,
     ) -> Result<SandboxRecord> {
-        Ok(self
+        let moved = self
             .store()
             .transition_sandbox(
                 &from.id,
@@ -436,7 +461,9 @@ impl Control {
                     now: Timestamp::now(),
                 },
             )
-            .await?)
+            .await;
+        self.inner.rows.forget(&from.id);
+        Ok(moved?)
     }
 
     /// Sets a sandbox's remaining life.
@@ -458,15 +485,17 @@ impl Control {
             let lock = self.inner.locks.of(&record.id);
             let _guard = lock.lock().await;
             let now = Timestamp::now();
-            self.store()
+            let set = self
+                .store()
                 .set_sandbox_expiry(
                     &record.workspace_id,
                     &record.id,
                     Some(now.plus_secs(req.timeout_s)),
                     now,
                 )
-                .await?
-                .ok_or_else(|| Error::Conflict(format!("the sandbox is {}", record.state)).into())
+                .await;
+            self.inner.rows.forget(&record.id);
+            set?.ok_or_else(|| Error::Conflict(format!("the sandbox is {}", record.state)).into())
         }
         .await;
         let record = self
