@@ -98,7 +98,7 @@ impl Control {
     /// The principal a presented secret stands for.
     pub async fn authenticate(&self, secret: &str) -> Result<Principal> {
         let secret = ApiKeySecret::parse(secret).map_err(|_| Error::Unauthenticated)?;
-        let hash = secret.hash();
+        let hash = secret.hash().to_hex();
         let generation = match self.inner.keys.get(&hash) {
             Ok(principal) => return Ok(principal),
             Err(generation) => generation,
@@ -113,7 +113,7 @@ impl Control {
             workspace_id: key.workspace_id,
             role: key.role,
         };
-        self.inner.keys.put(&hash, principal.clone(), generation);
+        self.inner.keys.put(hash, principal.clone(), generation);
         Ok(principal)
     }
 

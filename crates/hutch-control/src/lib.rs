@@ -23,13 +23,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod cache;
 pub mod error;
 pub mod exec;
 pub mod files;
-mod keycache;
 pub mod metrics;
 pub mod pty;
-mod rowcache;
 pub mod sandboxes;
 pub mod views;
 
@@ -129,9 +128,20 @@ struct Inner {
     /// Held for reading by each audit entry written in the background; taken for writing to
     /// wait for all of them.
     audit_writes: Arc<tokio::sync::RwLock<()>>,
-    keys: keycache::KeyCache,
-    rows: rowcache::RowCache,
+    /// Accepted keys by the hex SHA-256 of their secret, for [`KEY_TTL`]; emptied when a key
+    /// is revoked or a workspace deleted. Only keys the store accepted are kept (unknown keys
+    /// always reach the store, and a new key works at once).
+    keys: cache::TtlCache<String, Principal>,
+    /// Rows of running sandboxes for exec, file and terminal calls, for [`ROW_TTL`]; every
+    /// state change this server makes forgets the row (`Control::transition`, the create,
+    /// delete and timeout paths).
+    rows: cache::TtlCache<SandboxId, hutch_store::SandboxRecord>,
 }
+
+/// How long an accepted key is trusted without asking the store again.
+const KEY_TTL: Duration = Duration::from_secs(5);
+/// How long a running sandbox's row is used without reading it again.
+const ROW_TTL: Duration = Duration::from_secs(2);
 
 impl Control {
     pub fn new(store: Arc<dyn Store>, agent: Arc<dyn HostAgent>, config: ControlConfig) -> Self {
@@ -144,8 +154,8 @@ impl Control {
                 admission: tokio::sync::Mutex::new(()),
                 metrics: Metrics::new(),
                 audit_writes: Arc::default(),
-                keys: keycache::KeyCache::default(),
-                rows: rowcache::RowCache::default(),
+                keys: cache::TtlCache::new(KEY_TTL),
+                rows: cache::TtlCache::new(ROW_TTL),
             }),
         }
     }

@@ -117,7 +117,7 @@ impl Control {
         authorize(&caller.principal, action, Scope::Workspace(own))?;
         let id = SandboxId::parse(id).map_err(|_| not_found())?;
         let operator = caller.principal.role == Role::Operator;
-        // Commands and files on a running sandbox use the row cache (see rowcache).
+        // Commands and files on a running sandbox use the row cache (`Inner::rows`).
         let cached = if action == Action::SandboxUse {
             Some(self.inner.rows.get(&id))
         } else {
@@ -137,8 +137,12 @@ impl Control {
                     self.store().get_sandbox(own, &id).await?
                 };
                 let record = found.ok_or_else(not_found)?;
-                if let Some(Err(generation)) = cached {
-                    self.inner.rows.put(&record, generation);
+                if let Some(Err(generation)) = cached
+                    && record.state == SandboxState::Running
+                {
+                    self.inner
+                        .rows
+                        .put(record.id.clone(), record.clone(), generation);
                 }
                 record
             }
