@@ -121,6 +121,14 @@ fn version(path: &Path) -> Version {
     Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
+/// The versions of the sandbox's passwd and group files.
+fn versions(etc_root: &Path) -> (Version, Version) {
+    (
+        version(&etc_root.join("etc/passwd")),
+        version(&etc_root.join("etc/group")),
+    )
+}
+
 /// Answers of [`lookup`] while `/etc/passwd` and `/etc/group` stay as they
 /// were: every command and file call names a user, and a hit costs two
 /// `stat`s instead of reading and parsing both files on a blocking thread.
@@ -142,10 +150,7 @@ impl UserCache {
     /// The cached answer for `name` if the files have not changed. Two `stat`s:
     /// cheap enough to make on an async worker.
     pub fn get(&self, etc_root: &Path, name: &str) -> Option<User> {
-        let now = (
-            version(&etc_root.join("etc/passwd")),
-            version(&etc_root.join("etc/group")),
-        );
+        let now = versions(etc_root);
         let state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (state.versions == now)
             .then(|| state.users.get(name).cloned())
@@ -156,10 +161,7 @@ impl UserCache {
     /// they were before reading them (a change during the read is seen next
     /// time). Blocking.
     pub fn lookup(&self, etc_root: &Path, name: &str) -> Result<User, UserError> {
-        let before = (
-            version(&etc_root.join("etc/passwd")),
-            version(&etc_root.join("etc/group")),
-        );
+        let before = versions(etc_root);
         let user = lookup(etc_root, name)?;
         let mut state = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if state.versions != before || state.users.len() >= MAX_CACHED {
