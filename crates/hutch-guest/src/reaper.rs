@@ -4,7 +4,7 @@
 //! with `waitpid(-1)`; that would steal exit statuses from any other waiter,
 //! so nothing else in the guest waits for children (no `tokio::process`).
 //! Instead:
-//! 1. [`Reaper::spawn`] starts a command while holding the registry lock and
+//! 1. [`Reaper::spawn`] starts a child while holding the registry lock and
 //!    records a channel for its exit status before the lock is released, so a
 //!    child that dies at once is never reaped before it is known.
 //! 2. On every SIGCHLD (and on a slow timer, in case signals coalesced) the
@@ -21,7 +21,6 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -108,13 +107,18 @@ impl Reaper {
         }
     }
 
-    /// Spawns `cmd` and returns its pid and a receiver of its exit. The
-    /// caller must not wait on the returned `Child` (it is dropped here).
-    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(u32, oneshot::Receiver<Exit>)> {
+    /// Starts a child with `start` (which returns its pid) and returns the
+    /// pid and a receiver of its exit.
+    ///
+    /// `start` runs under the registry lock, so a child that dies at once is
+    /// registered before the reaper can reap it, and a `start` that fails
+    /// after its child exited may reap that child itself.
+    pub fn spawn(
+        &self,
+        start: impl FnOnce() -> std::io::Result<u32>,
+    ) -> std::io::Result<(u32, oneshot::Receiver<Exit>)> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        drop(child);
+        let pid = start()?;
         let (tx, rx) = oneshot::channel();
         waiters.insert(pid as i32, tx);
         self.live.send_modify(|n| *n += 1);

@@ -1033,6 +1033,110 @@ async fn bad_requests_are_clear_errors() {
     );
 }
 
+/// Commands start as `execvp` would start them (the guest launches them
+/// itself, see `process::launch`): the request's PATH is searched, a
+/// script without `#!` runs under /bin/sh, a file that is not executable is
+/// "permission denied", and the process starts with default signal
+/// dispositions, nothing blocked and only its three stdio descriptors.
+#[tokio::test]
+async fn commands_start_as_execvp_would_start_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = client();
+    let bin = fixture_dir("launch").join("bin");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    std::fs::write(bin.join("hello"), "echo from-script \"$1\"\n").expect("script");
+    std::fs::set_permissions(bin.join("hello"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    std::fs::write(bin.join("plain"), "echo never\n").expect("plain file");
+    std::fs::set_permissions(bin.join("plain"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let path = format!("/no/such/dir:{}:/bin:/usr/bin", bin.display());
+
+    let o = c
+        .run(json!({"process": {"cmd": "hello", "args": ["arg one"], "envs": {"PATH": path}}}))
+        .await
+        .expect("script found on the request's PATH");
+    assert_eq!(o.out(), "from-script arg one\n", "{o:?}");
+    assert_eq!(o.exit_code(), 0);
+
+    let err = c
+        .run(json!({"process": {"cmd": "plain", "envs": {"PATH": path}}}))
+        .await
+        .expect_err("not executable");
+    assert_eq!(err.code, "invalid_argument", "{err:?}");
+    assert!(err.message.contains("permission denied"), "{err:?}");
+    let err = c
+        .run(json!({"process": {"cmd": "hello", "envs": {"PATH": "/no/such/dir"}}}))
+        .await
+        .expect_err("not on PATH");
+    assert!(err.message.contains("no such file"), "{err:?}");
+
+    // The guest (this test process: Rust ignores SIGPIPE) has signals the
+    // child must not inherit; the child starts clean.
+    let own = std::fs::read_to_string("/proc/self/status").expect("own status");
+    let sig_ign = |status: &str| {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .expect("SigIgn line")
+            .trim()
+            .to_owned();
+        u64::from_str_radix(&hex, 16).expect("hex mask")
+    };
+    assert_ne!(
+        sig_ign(&own) & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "the guest ignores SIGPIPE"
+    );
+    // cat's own status: a shell's mask changes while it waits for children.
+    let status = c
+        .run(json!({"process": {"cmd": "/bin/cat", "args": ["/proc/self/status"]}}))
+        .await
+        .expect("cat runs")
+        .out();
+    let status = status.as_str();
+    assert_eq!(sig_ign(status), 0, "{status}");
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .expect("SigBlk line")
+        .trim();
+    assert_eq!(
+        u64::from_str_radix(blocked, 16).expect("hex"),
+        0,
+        "{status}"
+    );
+    // Besides stdio, only what this test process itself inherited without
+    // close-on-exec (from whoever runs the tests) may reach the child.
+    let mut expected: Vec<String> = vec!["0".into(), "1".into(), "2".into()];
+    for entry in std::fs::read_dir("/proc/self/fdinfo").expect("fdinfo") {
+        let name = entry
+            .expect("fdinfo entry")
+            .file_name()
+            .into_string()
+            .expect("fd name");
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).expect("octal flags"))
+            .unwrap_or(0);
+        if flags & libc::O_CLOEXEC as u32 == 0 && !expected.contains(&name) {
+            expected.push(name);
+        }
+    }
+    expected.sort();
+    let fds = c.sh("ls /proc/$$/fd").await.out();
+    let mut fds: Vec<String> = fds.lines().map(str::to_owned).collect();
+    fds.sort();
+    assert_eq!(
+        fds, expected,
+        "only stdio (and the test runner's own) is inherited"
+    );
+}
+
 /// A process printing gigabytes: the writer blocks on its pipe while the
 /// client reads slowly, the guest's RSS stays bounded, and a full-speed read
 /// of 2 GiB completes with RSS flat.

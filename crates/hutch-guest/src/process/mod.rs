@@ -25,6 +25,7 @@ mod error;
 pub mod exit;
 mod fdio;
 mod handlers;
+mod launch;
 mod output;
 mod pty;
 mod spawn;

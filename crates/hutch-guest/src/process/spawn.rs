@@ -7,24 +7,33 @@
 //! 3. Make the stdio: close-on-exec pipes (stdin a pipe or `/dev/null`), or
 //!    a PTY whose slave is the child's stdin, stdout and stderr.
 //! 4. Read the cgroup's OOM-kill counter (see `exit`).
-//! 5. Spawn through [`Reaper::spawn`], the only waiter. In the child, before
-//!    exec: `setsid` (a new session and process group, so a signal to the
-//!    group reaches everything the command starts), `TIOCSCTTY` for a PTY,
-//!    then `setgroups`, `setgid`, `setuid`, then `chdir` as the user.
-//! 6. Drop the `Command`, which closes the child's ends in the guest, so the
-//!    output pipes see EOF when the process and its children are done.
+//! 5. Start it through [`Reaper::spawn`], the only waiter, with
+//!    [`launch`](super::launch): in the child, before exec, `setsid` (a new
+//!    session and process group, so a signal to the group reaches everything
+//!    the command starts), `TIOCSCTTY` for a PTY, the stdio, `setgroups`,
+//!    `setgid`, `setuid`, then `chdir` as the user.
+//! 6. Drop the child's ends in the guest, so the output pipes see EOF when
+//!    the process and its children are done.
 
 use std::{
     ffi::CString,
     io,
-    os::{fd::OwnedFd, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::Path,
-    process::{Command, Stdio},
 };
 
 use tokio::sync::oneshot;
 
-use super::{error::ProcessError, exit, pty, spec::StartSpec};
+use super::{
+    error::ProcessError,
+    exit,
+    launch::{self, Credentials, Launch},
+    pty,
+    spec::StartSpec,
+};
 use crate::reaper::{Exit, Reaper};
 
 /// The guest's ends of a started process's stdio.
@@ -47,22 +56,16 @@ pub struct Spawned {
     pub oom_kills_before: Option<u64>,
 }
 
-/// Who the child becomes, prepared before fork (nothing allocates after).
-struct Credentials {
-    uid: nix::unistd::Uid,
-    gid: nix::unistd::Gid,
-    groups: Vec<nix::unistd::Gid>,
-}
-
-/// What the child does between fork and exec (step 5).
-struct ChildSetup {
-    ctty: Option<OwnedFd>,
-    creds: Option<Credentials>,
-    cwd: CString,
-}
-
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+fn dev_null() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        c"/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
 }
 
 /// Steps 1–6 of the module docs.
@@ -90,9 +93,8 @@ pub fn spawn(
     let cwd = CString::new(spec.cwd.as_os_str().as_bytes())
         .map_err(|_| ProcessError::invalid("cwd must not contain NUL bytes"))?;
 
-    let mut cmd = Command::new(&spec.cmd);
-    cmd.args(&spec.args).env_clear().envs(&spec.env);
-    let (io, ctty) = match spec.pty {
+    // Step 3: `child` holds the child's ends until the launch is over.
+    let (io, child): (SpawnedIo, [OwnedFd; 3]) = match spec.pty {
         Some(size) => {
             let pair = pty::open(size)
                 .map_err(|e| ProcessError::internal("opening a pseudo-terminal", e))?;
@@ -100,45 +102,47 @@ pub fn spawn(
                 fd.try_clone()
                     .map_err(|e| ProcessError::internal("duplicating the pty", e))
             };
-            cmd.stdin(Stdio::from(clone(&pair.slave)?))
-                .stdout(Stdio::from(clone(&pair.slave)?))
-                .stderr(Stdio::from(clone(&pair.slave)?));
+            let child = [clone(&pair.slave)?, clone(&pair.slave)?, pair.slave];
             (
                 SpawnedIo::Pty {
                     master: pair.master,
                 },
-                Some(pair.slave),
+                child,
             )
         }
         None => {
             let err = |e: io::Error| ProcessError::internal("creating pipes", e);
-            let stdin = if spec.stdin {
+            let (stdin, child_in) = if spec.stdin {
                 let (child, guest) = pipe().map_err(err)?;
-                cmd.stdin(Stdio::from(child));
-                Some(guest)
+                (Some(guest), child)
             } else {
-                cmd.stdin(Stdio::null());
-                None
+                (None, dev_null().map_err(err)?)
             };
             let (stdout, child_out) = pipe().map_err(err)?;
             let (stderr, child_err) = pipe().map_err(err)?;
-            cmd.stdout(Stdio::from(child_out))
-                .stderr(Stdio::from(child_err));
             (
                 SpawnedIo::Pipes {
                     stdin,
                     stdout,
                     stderr,
                 },
-                None,
+                [child_in, child_out, child_err],
             )
         }
     };
-    install_child_setup(&mut cmd, ChildSetup { ctty, creds, cwd });
+    let l = Launch {
+        program: &spec.cmd,
+        args: &spec.args,
+        env: &spec.env,
+        stdio: [child[0].as_fd(), child[1].as_fd(), child[2].as_fd()],
+        ctty: spec.pty.map(|_| child[0].as_fd()),
+        creds: creds.as_ref(),
+        cwd: &cwd,
+    };
 
     let oom_kills_before = exit::read_oom_kills(cgroup_root);
-    let spawned = reaper.spawn(&mut cmd);
-    drop(cmd);
+    let spawned = reaper.spawn(|| launch::launch(&l));
+    drop(child);
     let (pid, exit) = spawned.map_err(|e| exec_error(&spec.cmd, e))?;
     Ok(Spawned {
         pid,
@@ -153,16 +157,15 @@ fn credentials(spec: &StartSpec) -> Result<Option<Credentials>, ProcessError> {
     let euid = rustix::process::geteuid().as_raw();
     let user = &spec.user;
     if euid == 0 {
-        let mut groups = vec![nix::unistd::Gid::from_raw(user.gid)];
+        let mut groups = vec![user.gid];
         for g in &user.groups {
-            let g = nix::unistd::Gid::from_raw(*g);
-            if !groups.contains(&g) {
-                groups.push(g);
+            if !groups.contains(g) {
+                groups.push(*g);
             }
         }
         return Ok(Some(Credentials {
-            uid: nix::unistd::Uid::from_raw(user.uid),
-            gid: nix::unistd::Gid::from_raw(user.gid),
+            uid: user.uid,
+            gid: user.gid,
             groups,
         }));
     }
@@ -173,32 +176,6 @@ fn credentials(spec: &StartSpec) -> Result<Option<Credentials>, ProcessError> {
         "the guest runs unprivileged and cannot start processes as user {:?}",
         user.name
     )))
-}
-
-/// Registers step 5's child-side setup on `cmd`.
-#[allow(unsafe_code)]
-fn install_child_setup(cmd: &mut Command, setup: ChildSetup) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe work is allowed. It only makes raw system calls
-    // (setsid, ioctl, setgroups, setgid, setuid, chdir) on data prepared
-    // before the fork; it allocates nothing, takes no locks and touches no
-    // state shared with other threads of the guest.
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::setsid()?;
-            if let Some(tty) = &setup.ctty {
-                rustix::process::ioctl_tiocsctty(tty)?;
-            }
-            if let Some(c) = &setup.creds {
-                nix::unistd::setgroups(&c.groups)?;
-                nix::unistd::setgid(c.gid)?;
-                nix::unistd::setuid(c.uid)?;
-            }
-            rustix::process::chdir(setup.cwd.as_c_str())?;
-            Ok(())
-        });
-    }
 }
 
 /// Maps a failed spawn to what the client can act on.
