@@ -242,6 +242,78 @@ pub async fn section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::R
     result
 }
 
+/// Only the exec figure (`--only-exec`), for quick comparisons while working
+/// on the exec path; `make bench` always measures everything.
+pub async fn exec_section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+    let server = start_server(hutch, guest, &tmp.path().join("data"))?;
+    let api = Arc::new(Api {
+        http: reqwest::Client::new(),
+        url: server.url.clone(),
+        key: server.key.clone(),
+        live: std::sync::Mutex::new(Vec::new()),
+    });
+    let result = async {
+        let cg = CgroupFs::system()?;
+        let crun = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
+        let layer = busybox_layer(&server.data)?;
+        let (exec, crun_exec) =
+            exec_figure(&api, crun.as_ref(), &tmp.path().join("bundles"), &layer, iterations).await?;
+        println!("| figure | Hutch | baseline (same run) | ratio | target |");
+        println!("|---|---|---|---|---|");
+        exec_row(iterations, &exec, &crun_exec);
+        Ok(())
+    }
+    .await;
+    api.delete_all().await;
+    drop(server);
+    result
+}
+
+/// Exec round trips through the API against `crun exec` in a bare container.
+async fn exec_figure(
+    api: &Api,
+    crun: &dyn hutch_runtime::Runtime,
+    bundles: &Path,
+    layer: &Path,
+    iterations: usize,
+) -> anyhow::Result<(Samples, Samples)> {
+    let id = api.create().await?;
+    for _ in 0..10 {
+        api.exec(&id, &["true"]).await?;
+    }
+    let mut exec = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        api.exec(&id, &["true"]).await?;
+        exec.push(t.elapsed());
+    }
+    api.delete(&id).await?;
+    let b = bare_bundle(bundles, layer, "execbase", &["/bin/sleep", "3600"])?;
+    crun.run_detached("execbase", &b, &ContainerIo::Null)?;
+    let mut crun_exec = Vec::new();
+    for _ in 0..iterations.min(100) {
+        let t = Instant::now();
+        let code = crun.exec("execbase", &["/bin/true"])?;
+        crun_exec.push(t.elapsed());
+        anyhow::ensure!(code == 0, "crun exec true exited {code}");
+    }
+    crun.delete("execbase", true)?;
+    Ok((Samples::new(exec), Samples::new(crun_exec)))
+}
+
+fn exec_row(iterations: usize, exec: &Samples, crun_exec: &Samples) {
+    println!(
+        "| exec round trip (`true`, `wait: true`), p50 (p90), {} runs | {} ({}) | `crun exec … true`: {} ({}) | {:.2}× | ≤ 0.2× and ≤ 3 ms |",
+        iterations,
+        ms(exec.pct(0.5)),
+        ms(exec.pct(0.9)),
+        ms(crun_exec.pct(0.5)),
+        ms(crun_exec.pct(0.9)),
+        exec.pct(0.5).as_secs_f64() / crun_exec.pct(0.5).as_secs_f64()
+    );
+}
+
 async fn measure(
     api: &Arc<Api>,
     server: &Server,
@@ -286,29 +358,7 @@ async fn measure(
     let bare = Samples::new(bare);
 
     // 3. exec round trip.
-    let id = api.create().await?;
-    for _ in 0..10 {
-        api.exec(&id, &["true"]).await?;
-    }
-    let mut exec = Vec::new();
-    for _ in 0..iterations {
-        let t = Instant::now();
-        api.exec(&id, &["true"]).await?;
-        exec.push(t.elapsed());
-    }
-    api.delete(&id).await?;
-    let b = bare_bundle(&bundles, &layer, "execbase", &["/bin/sleep", "3600"])?;
-    crun.run_detached("execbase", &b, &ContainerIo::Null)?;
-    let mut crun_exec = Vec::new();
-    for _ in 0..iterations.min(100) {
-        let t = Instant::now();
-        let code = crun.exec("execbase", &["/bin/true"])?;
-        crun_exec.push(t.elapsed());
-        anyhow::ensure!(code == 0, "crun exec true exited {code}");
-    }
-    crun.delete("execbase", true)?;
-    let exec = Samples::new(exec);
-    let crun_exec = Samples::new(crun_exec);
+    let (exec, crun_exec) = exec_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
 
     // 4. 50 creates at once.
     let t = Instant::now();
@@ -400,15 +450,7 @@ async fn measure(
         ms(bare.pct(0.9)),
         create.pct(0.5).as_secs_f64() / bare.pct(0.5).as_secs_f64()
     );
-    println!(
-        "| exec round trip (`true`, `wait: true`), p50 (p90), {} runs | {} ({}) | `crun exec … true`: {} ({}) | {:.2}× | ≤ 0.2× and ≤ 3 ms |",
-        iterations,
-        ms(exec.pct(0.5)),
-        ms(exec.pct(0.9)),
-        ms(crun_exec.pct(0.5)),
-        ms(crun_exec.pct(0.9)),
-        exec.pct(0.5).as_secs_f64() / crun_exec.pct(0.5).as_secs_f64()
-    );
+    exec_row(iterations, &exec, &crun_exec);
     println!(
         "| 50 creates at once: wall (p50 / p99 of each) | {} ({} / {}) | 50 `crun run` at once: {} | {:.2}× | — |",
         ms(wall),

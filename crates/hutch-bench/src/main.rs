@@ -30,6 +30,10 @@ struct Args {
     /// the guest is measured.
     #[arg(long, env = "HUTCH_BIN")]
     hutch: Option<PathBuf>,
+    /// Measure only the exec round trip (a quick check while working on the
+    /// exec path; needs `--hutch`).
+    #[arg(long)]
+    only_exec: bool,
     /// Bytes moved by the throughput measurements.
     #[arg(long, default_value_t = 256 << 20)]
     bytes: u64,
@@ -42,6 +46,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        if args.only_exec {
+            let hutch = args.hutch.as_deref().context("--only-exec needs --hutch")?;
+            return core::exec_section(hutch, &args.guest, args.iterations).await;
+        }
         guest_section(&args).await?;
         if let Some(hutch) = &args.hutch {
             core::section(hutch, &args.guest, args.iterations).await?;

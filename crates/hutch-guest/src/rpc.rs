@@ -302,6 +302,18 @@ impl<M: prost::Message + Serialize> StreamSender<M> {
             .map_err(|_| ClientGone)
     }
 
+    /// Queues `msg` at once if the stream has room (a fresh one always has),
+    /// so that it leaves with the response's headers in one write; gives it
+    /// back when the stream is full. A client that went away is not an
+    /// error here: the next `send` reports it.
+    pub fn try_send(&self, msg: M) -> Result<(), M> {
+        let payload = self.codec.encode(&msg);
+        match self.tx.try_send(envelope(0, &payload)) {
+            Err(mpsc::error::TrySendError::Full(_)) => Err(msg),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        }
+    }
+
     /// Ends the stream with an error (the end-of-stream envelope is sent by
     /// [`StreamReply`] when every sender is dropped, without error).
     pub async fn fail(self, err: ConnectError) {

@@ -10,7 +10,9 @@
 //! 3. A subscriber's forwarder task moves events from its channel into the
 //!    HTTP stream (itself a small bounded channel) and adds `keepalive`
 //!    events at the client's interval, so ordering is kept: `start` first
-//!    (queued before the forwarder starts), `end` last.
+//!    (queued before the forwarder starts, and moved into the HTTP stream
+//!    before the response is returned, so it leaves with the headers), `end`
+//!    last.
 //! 4. With no subscriber (every client disconnected), the pump reads and
 //!    drops output, so a background command never hangs on a full pipe;
 //!    a disconnect never kills the process (E2B semantics: only
@@ -98,7 +100,22 @@ pub fn spawn_forwarder<M: EventMessage>(
     mut rx: mpsc::Receiver<ProcessEvent>,
     keepalive: Duration,
 ) {
+    // What is queued already (`start{pid}`) goes into the HTTP stream now,
+    // before the response is returned, so hyper writes it together with the
+    // headers: one write, and one wake-up of the client, fewer.
+    let mut first = None;
+    while let Ok(ev) = rx.try_recv() {
+        if let Err(msg) = sender.try_send(M::wrap(ev)) {
+            first = Some(msg);
+            break;
+        }
+    }
     tokio::spawn(async move {
+        if let Some(msg) = first
+            && sender.send(&msg).await.is_err()
+        {
+            return;
+        }
         let mut tick = tokio::time::interval_at(Instant::now() + keepalive, keepalive);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
