@@ -49,6 +49,10 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // sqlx pings a connection before every checkout by default, a round trip to
+            // the connection's worker thread for a check that only matters for networked
+            // databases: an open SQLite file does not go away under us.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(StoreError::db("open database"))?;
