@@ -257,8 +257,14 @@ pub async fn exec_section(hutch: &Path, guest: &Path, iterations: usize) -> anyh
         let cg = CgroupFs::system()?;
         let crun = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
         let layer = busybox_layer(&server.data)?;
-        let (exec, crun_exec) =
-            exec_figure(&api, crun.as_ref(), &tmp.path().join("bundles"), &layer, iterations).await?;
+        let (exec, crun_exec) = exec_figure(
+            &api,
+            crun.as_ref(),
+            &tmp.path().join("bundles"),
+            &layer,
+            iterations,
+        )
+        .await?;
         println!("| figure | Hutch | baseline (same run) | ratio | target |");
         println!("|---|---|---|---|---|");
         exec_row(iterations, &exec, &crun_exec);

@@ -618,6 +618,9 @@ impl ExecStream {
                     timed_out: self.timed_out,
                 });
                 self.finished = true;
+                // The end-of-stream message follows; reading it off the
+                // caller's path keeps the guest connection reusable.
+                self.reply.finish();
                 self.control.metrics().observe_exec(self.started.elapsed());
                 self.control.touch(&self.id);
             }

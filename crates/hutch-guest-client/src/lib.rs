@@ -27,7 +27,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, BodyStream, Full, combinators::BoxBody};
 use hutch_envd::connect::{CallKind, Code, Codec, ConnectError, FrameDecoder, envelope};
@@ -335,7 +335,7 @@ impl GuestClient {
             return Err(self.http_error(status, resp.into_body()).await);
         }
         Ok(ReplyStream {
-            body: BodyStream::new(resp.into_body()),
+            body: Some(BodyStream::new(resp.into_body())),
             decoder: FrameDecoder::new(self.limits.max_message),
             done: false,
             max_error_message: self.limits.max_error_message,
@@ -423,9 +423,18 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// How long a stream's body may go on after its end-of-stream message
+/// before the connection is given up (see [`ReplyStream::finish_body`]).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Frames read after the end-of-stream message before the connection is
+/// given up.
+const DRAIN_FRAMES: usize = 4;
+
 /// Messages of a server stream.
 pub struct ReplyStream<M> {
-    body: BodyStream<hyper::body::Incoming>,
+    /// `None` once the end-of-stream message has been read.
+    body: Option<BodyStream<hyper::body::Incoming>>,
     decoder: FrameDecoder,
     done: bool,
     max_error_message: usize,
@@ -442,6 +451,7 @@ impl<M: prost::Message + DeserializeOwned + Default> ReplyStream<M> {
             if let Some(frame) = self.decoder.next_frame()? {
                 if frame.is_end_stream() {
                     self.done = true;
+                    self.finish_body();
                     return match frame.end_stream_error()? {
                         None => Ok(None),
                         Some(mut e) => {
@@ -455,7 +465,10 @@ impl<M: prost::Message + DeserializeOwned + Default> ReplyStream<M> {
                     .map(Some)
                     .map_err(|e| ClientError::Protocol(e.message));
             }
-            match self.body.next().await {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match body.next().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.decoder.push(&data);
@@ -468,6 +481,46 @@ impl<M: prost::Message + DeserializeOwned + Default> ReplyStream<M> {
                         Code::Unavailable,
                         "the stream ended without its end-of-stream message",
                     )));
+                }
+            }
+        }
+    }
+
+    /// Stops reading messages (the caller has what it needs, e.g. a
+    /// process's end event) and lets the connection go back to the pool:
+    /// what is left of the body is read and dropped (see `finish_body`).
+    pub fn finish(&mut self) {
+        self.done = true;
+        self.finish_body();
+    }
+
+    /// Reads the HTTP body to its end after the end-of-stream message, so the
+    /// connection goes back to the pool: hyper closes a connection whose
+    /// response body is dropped unfinished, and the next call would pay a
+    /// new connect (and the guest an accept). The guest ends the body in the
+    /// same write as the end-of-stream message, so this rarely waits; when it
+    /// would, a task finishes the drain, bounded in frames and time, off the
+    /// caller's path.
+    fn finish_body(&mut self) {
+        let Some(mut body) = self.body.take() else {
+            return;
+        };
+        for _ in 0..DRAIN_FRAMES {
+            match body.next().now_or_never() {
+                Some(Some(Ok(_))) => continue,
+                Some(None | Some(Err(_))) => return,
+                None => {
+                    tokio::spawn(async move {
+                        let drain = async {
+                            for _ in 0..DRAIN_FRAMES {
+                                if !matches!(body.next().await, Some(Ok(_))) {
+                                    break;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+                    });
+                    return;
                 }
             }
         }
