@@ -1,9 +1,10 @@
 //! The interface between the control plane and a host agent.
 //!
 //! 1. `ensure_template` makes a template's layers present in the host cache.
-//! 2. `launch` creates a sandbox from cached layers and returns only when its
-//!    guest answers `/health` and its posture checked out; on any failure it
-//!    leaves nothing behind.
+//! 2. `launch` creates a sandbox from the template's layers (fetching any the
+//!    cache lacks, kept from eviction from before the fetch) and returns only
+//!    when its guest answers `/health` and its posture checked out; on any
+//!    failure it leaves nothing behind.
 //! 3. `guest` gives a client of the sandbox's guest (commands and files).
 //! 4. `destroy` removes every trace: processes, cgroups, mounts, upper dir,
 //!    runtime state; it is idempotent.

@@ -150,9 +150,9 @@ struct Inner {
     clients: Mutex<HashMap<SandboxId, GuestClient>>,
     /// One lock per sandbox id: launch and destroy of one id never overlap.
     locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
-    /// The layers of each launch since its claim (its `meta.json` records them too, once
-    /// written). Held while choosing layers to evict, so a claim never sees a layer that is
-    /// about to go.
+    /// The layers of each launch from its start, before they are fetched (its `meta.json`
+    /// records them too, once written). Held while choosing layers to evict, so a layer
+    /// fetched for a launch stays until its claim and a claim never sees a layer about to go.
     pinned: Mutex<HashMap<SandboxId, Vec<Digest>>>,
     /// One lock per layer being fetched: concurrent launches of a new template download it
     /// once.
@@ -637,17 +637,14 @@ impl Inner {
                 self.config.max_sandboxes
             )));
         }
-        {
-            let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
-            for layer in &launch.template.layers {
-                if !self.layers.contains(layer) {
-                    return Err(AgentError::Template {
-                        name: launch.template.name.clone(),
-                        reason: format!("layer {layer} is not cached on this host"),
-                    });
-                }
+        // Pinned by `launch` before they were fetched: no eviction has taken them since.
+        for layer in &launch.template.layers {
+            if !self.layers.contains(layer) {
+                return Err(AgentError::Template {
+                    name: launch.template.name.clone(),
+                    reason: format!("layer {layer} is not cached on this host"),
+                });
             }
-            pinned.insert(id.clone(), launch.template.layers.clone());
         }
         for layer in &launch.template.layers {
             if let Err(e) = self.layers.touch(layer) {
@@ -655,11 +652,17 @@ impl Inner {
             }
         }
         let state = self.state(id);
-        if let Err(e) = state.create() {
-            self.unpin(id);
-            return Err(host_err("create the sandbox state dir", id)(e));
-        }
+        state
+            .create()
+            .map_err(host_err("create the sandbox state dir", id))?;
         Ok(state)
+    }
+
+    /// Keeps `layers` out of every eviction until [`Inner::unpin`] (at the sandbox's removal,
+    /// or when its launch fails before the claim).
+    fn pin(&self, id: &SandboxId, layers: &[Digest]) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        pinned.insert(id.clone(), layers.to_vec());
     }
 
     fn unpin(&self, id: &SandboxId) {
@@ -1108,10 +1111,24 @@ impl HostAgent for LocalAgent {
         let lock = self.lock(&id);
         let _guard = lock.lock().await;
 
+        // Pin the template's layers before making sure they are here, so an eviction for
+        // another launch cannot take a layer between its fetch and this claim.
+        self.inner.pin(&id, &launch.template.layers);
         let t = std::time::Instant::now();
-        let inner = self.inner.clone();
-        let l = launch.clone();
-        let state = blocking(&id, move || inner.claim(&l)).await?;
+        let claimed = async {
+            self.ensure_template(&launch.template).await?;
+            let inner = self.inner.clone();
+            let l = launch.clone();
+            blocking(&id, move || inner.claim(&l)).await
+        }
+        .await;
+        let state = match claimed {
+            Ok(state) => state,
+            Err(e) => {
+                self.inner.unpin(&id);
+                return Err(e);
+            }
+        };
         let claim_us = micros_since(t);
 
         let inner = self.inner.clone();

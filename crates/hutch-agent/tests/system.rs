@@ -326,18 +326,29 @@ async fn layers_come_from_the_blob_store_and_leave_when_unused() {
     let other = second_host(&h, 0);
     let layer_dir = other.layer_dir(&digest);
     assert!(!layer_dir.exists());
-    let mut l = launch_of(&h, Runtime::Crun, resources());
-    let err = other.launch(l.clone()).await.expect_err("layer not here");
-    assert!(err.to_string().contains("not cached"), "{err}");
-
-    other.ensure_template(&h.busybox).await.expect("fetched");
-    assert!(layer_dir.join("bin/busybox").is_file());
-    l.id = SandboxId::generate();
+    // A launch fetches what its template lacks and pins it from before the fetch: evictions
+    // running all the while (as for other templates' launches) never take it before the claim.
+    let l = launch_of(&h, Runtime::Crun, resources());
     h.launched.lock().expect("lock").push(l.id.clone());
-    other
-        .launch(l.clone())
-        .await
-        .expect("launch on the fetched layer");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (launched, evictions) = tokio::join!(
+        async {
+            let r = other.launch(l.clone()).await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            r
+        },
+        async {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                other.evict_layers().await;
+                n += 1;
+            }
+            n
+        }
+    );
+    launched.expect("launch on a layer it fetched");
+    assert!(evictions > 0, "no eviction ran during the launch");
+    assert!(layer_dir.join("bin/busybox").is_file());
     let ran = sh(&other.guest(&l.id).expect("guest"), "echo fetched").await;
     assert_eq!(ran.stdout, "fetched\n", "{ran:?}");
 
