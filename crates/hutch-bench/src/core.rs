@@ -56,7 +56,10 @@ fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Serve
         .arg(guest)
         .args(["--cgroup-parent", SERVE_PARENT])
         .env("HUTCH_ADMIN_KEY", &key)
-        .env("HUTCH_LOG", "warn")
+        .env(
+            "HUTCH_LOG",
+            std::env::var("HUTCH_BENCH_SERVE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(
             std::env::temp_dir().join("hutch-bench-serve.log"),
@@ -242,9 +245,14 @@ pub async fn section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::R
     result
 }
 
-/// Only the exec figure (`--only-exec`), for quick comparisons while working
-/// on the exec path; `make bench` always measures everything.
-pub async fn exec_section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::Result<()> {
+/// One figure only (`--only exec` or `--only create`), for quick comparisons
+/// while working on a path; `make bench` always measures everything.
+pub async fn one_figure(
+    hutch: &Path,
+    guest: &Path,
+    iterations: usize,
+    which: crate::Only,
+) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
     let server = start_server(hutch, guest, &tmp.path().join("data"))?;
     let api = Arc::new(Api {
@@ -257,23 +265,76 @@ pub async fn exec_section(hutch: &Path, guest: &Path, iterations: usize) -> anyh
         let cg = CgroupFs::system()?;
         let crun = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
         let layer = busybox_layer(&server.data)?;
-        let (exec, crun_exec) = exec_figure(
-            &api,
-            crun.as_ref(),
-            &tmp.path().join("bundles"),
-            &layer,
-            iterations,
-        )
-        .await?;
+        let bundles = tmp.path().join("bundles");
         println!("| figure | Hutch | baseline (same run) | ratio | target |");
         println!("|---|---|---|---|---|");
-        exec_row(iterations, &exec, &crun_exec);
+        match which {
+            crate::Only::Exec => {
+                let (exec, crun_exec) =
+                    exec_figure(&api, crun.as_ref(), &bundles, &layer, iterations).await?;
+                exec_row(iterations, &exec, &crun_exec);
+            }
+            crate::Only::Create => {
+                let (create, bare) =
+                    create_figure(&api, crun.as_ref(), &bundles, &layer, iterations).await?;
+                create_row(iterations, &create, &bare);
+            }
+        }
         Ok(())
     }
     .await;
     api.delete_all().await;
     drop(server);
     result
+}
+
+/// Create → first output through the API against `crun run` of the same rootfs.
+async fn create_figure(
+    api: &Api,
+    crun: &dyn hutch_runtime::Runtime,
+    bundles: &Path,
+    layer: &Path,
+    n: usize,
+) -> anyhow::Result<(Samples, Samples)> {
+    // Warm up both paths once.
+    let id = api.create().await?;
+    api.exec(&id, &["echo", "hi"]).await?;
+    api.delete(&id).await?;
+    let b = bare_bundle(bundles, layer, "warm", &["/bin/echo", "hi"])?;
+    crun.run_to_exit("warm", &b, &ContainerIo::Null, Duration::from_secs(30))?;
+
+    let mut create = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let id = api.create().await?;
+        let v = api.exec(&id, &["echo", "hi"]).await?;
+        create.push(t.elapsed());
+        anyhow::ensure!(
+            v.get("stdout").and_then(|s| s.as_str()) == Some("hi\n"),
+            "unexpected output {v}"
+        );
+        api.delete(&id).await?;
+    }
+    let mut bare = Vec::new();
+    for i in 0..n {
+        let id = format!("bare{i}");
+        let b = bare_bundle(bundles, layer, &id, &["/bin/echo", "hi"])?;
+        let t = Instant::now();
+        crun.run_to_exit(&id, &b, &ContainerIo::Null, Duration::from_secs(30))?;
+        bare.push(t.elapsed());
+    }
+    Ok((Samples::new(create), Samples::new(bare)))
+}
+
+fn create_row(n: usize, create: &Samples, bare: &Samples) {
+    println!(
+        "| create → first command output, p50 (p90), {n} runs | {} ({}) | `crun run` of `echo hi`: {} ({}) | {:.2}× | ≤ 1.5× |",
+        ms(create.pct(0.5)),
+        ms(create.pct(0.9)),
+        ms(bare.pct(0.5)),
+        ms(bare.pct(0.9)),
+        create.pct(0.5).as_secs_f64() / bare.pct(0.5).as_secs_f64()
+    );
 }
 
 /// Exec round trips through the API against `crun exec` in a bare container.
@@ -332,36 +393,8 @@ async fn measure(
     let layer = busybox_layer(&server.data)?;
     let n = iterations.clamp(5, 50);
 
-    // Warm up both paths once.
-    let id = api.create().await?;
-    api.exec(&id, &["echo", "hi"]).await?;
-    api.delete(&id).await?;
-    let b = bare_bundle(&bundles, &layer, "warm", &["/bin/echo", "hi"])?;
-    crun.run_to_exit("warm", &b, &ContainerIo::Null, Duration::from_secs(30))?;
-
     // 2. create → first output.
-    let mut create = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        let id = api.create().await?;
-        let v = api.exec(&id, &["echo", "hi"]).await?;
-        create.push(t.elapsed());
-        anyhow::ensure!(
-            v.get("stdout").and_then(|s| s.as_str()) == Some("hi\n"),
-            "unexpected output {v}"
-        );
-        api.delete(&id).await?;
-    }
-    let mut bare = Vec::new();
-    for i in 0..n {
-        let id = format!("bare{i}");
-        let b = bare_bundle(&bundles, &layer, &id, &["/bin/echo", "hi"])?;
-        let t = Instant::now();
-        crun.run_to_exit(&id, &b, &ContainerIo::Null, Duration::from_secs(30))?;
-        bare.push(t.elapsed());
-    }
-    let create = Samples::new(create);
-    let bare = Samples::new(bare);
+    let (create, bare) = create_figure(api, crun.as_ref(), &bundles, &layer, n).await?;
 
     // 3. exec round trip.
     let (exec, crun_exec) = exec_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
@@ -448,14 +481,7 @@ async fn measure(
     );
     println!("| figure | Hutch | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
-    println!(
-        "| create → first command output, p50 (p90), {n} runs | {} ({}) | `crun run` of `echo hi`: {} ({}) | {:.2}× | ≤ 1.5× |",
-        ms(create.pct(0.5)),
-        ms(create.pct(0.9)),
-        ms(bare.pct(0.5)),
-        ms(bare.pct(0.9)),
-        create.pct(0.5).as_secs_f64() / bare.pct(0.5).as_secs_f64()
-    );
+    create_row(n, &create, &bare);
     exec_row(iterations, &exec, &crun_exec);
     println!(
         "| 50 creates at once: wall (p50 / p99 of each) | {} ({} / {}) | 50 `crun run` at once: {} | {:.2}× | — |",

@@ -30,13 +30,22 @@ struct Args {
     /// the guest is measured.
     #[arg(long, env = "HUTCH_BIN")]
     hutch: Option<PathBuf>,
-    /// Measure only the exec round trip (a quick check while working on the
-    /// exec path; needs `--hutch`).
-    #[arg(long)]
-    only_exec: bool,
+    /// Measure only one sandbox figure (a quick check while working on its
+    /// path; needs `--hutch`).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Bytes moved by the throughput measurements.
     #[arg(long, default_value_t = 256 << 20)]
     bytes: u64,
+}
+
+/// The figures `--only` can pick.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Only {
+    /// Exec round trip against `crun exec`.
+    Exec,
+    /// Create → first output against `crun run`.
+    Create,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,9 +55,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        if args.only_exec {
-            let hutch = args.hutch.as_deref().context("--only-exec needs --hutch")?;
-            return core::exec_section(hutch, &args.guest, args.iterations).await;
+        if let Some(which) = args.only {
+            let hutch = args.hutch.as_deref().context("--only needs --hutch")?;
+            return core::one_figure(hutch, &args.guest, args.iterations, which).await;
         }
         guest_section(&args).await?;
         if let Some(hutch) = &args.hutch {
