@@ -230,28 +230,14 @@ fn sandbox_own_bytes(parent: &str, id: &str) -> anyhow::Result<u64> {
     Ok(usage.saturating_sub(cache))
 }
 
-pub async fn section(hutch: &Path, guest: &Path, iterations: usize) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
-    let server = start_server(hutch, guest, &tmp.path().join("data"))?;
-    let api = Arc::new(Api {
-        http: reqwest::Client::new(),
-        url: server.url.clone(),
-        key: server.key.clone(),
-        live: std::sync::Mutex::new(Vec::new()),
-    });
-    let result = measure(&api, &server, tmp.path(), iterations).await;
-    api.delete_all().await;
-    drop(server);
-    result
-}
-
-/// One figure only (`--only exec` or `--only create`), for quick comparisons
-/// while working on a path; `make bench` always measures everything.
-pub async fn one_figure(
+/// Starts a server, measures every figure (or, with `only`, one of them: a
+/// quick comparison while working on its path; `make bench` measures all),
+/// and removes what it created.
+pub async fn section(
     hutch: &Path,
     guest: &Path,
     iterations: usize,
-    which: crate::Only,
+    only: Option<crate::Only>,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
     let server = start_server(hutch, guest, &tmp.path().join("data"))?;
@@ -261,31 +247,54 @@ pub async fn one_figure(
         key: server.key.clone(),
         live: std::sync::Mutex::new(Vec::new()),
     });
-    let result = async {
-        let cg = CgroupFs::system()?;
-        let crun = RuntimeKind::Crun.open(tmp.path().join("crun"), &cg)?;
-        let layer = busybox_layer(&server.data)?;
-        let bundles = tmp.path().join("bundles");
-        println!("| figure | Hutch | baseline (same run) | ratio | target |");
-        println!("|---|---|---|---|---|");
-        match which {
-            crate::Only::Exec => {
-                let (exec, crun_exec) =
-                    exec_figure(&api, crun.as_ref(), &bundles, &layer, iterations).await?;
-                exec_row(iterations, &exec, &crun_exec);
-            }
-            crate::Only::Create => {
-                let (create, bare) =
-                    create_figure(&api, crun.as_ref(), &bundles, &layer, iterations).await?;
-                create_row(iterations, &create, &bare);
-            }
-        }
-        Ok(())
-    }
-    .await;
+    let result = match only {
+        None => measure(&api, &server, tmp.path(), iterations).await,
+        Some(which) => one_figure(&api, &server, tmp.path(), iterations, which).await,
+    };
     api.delete_all().await;
     drop(server);
     result
+}
+
+async fn one_figure(
+    api: &Api,
+    server: &Server,
+    tmp: &Path,
+    iterations: usize,
+    which: crate::Only,
+) -> anyhow::Result<()> {
+    let cg = CgroupFs::system()?;
+    let crun = RuntimeKind::Crun.open(tmp.join("crun"), &cg)?;
+    let layer = busybox_layer(&server.data)?;
+    let bundles = tmp.join("bundles");
+    println!("| figure | Hutch | baseline (same run) | ratio | target |");
+    println!("|---|---|---|---|---|");
+    match which {
+        crate::Only::Exec => {
+            let (exec, crun_exec) =
+                exec_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
+            exec_row(iterations, &exec, &crun_exec);
+        }
+        crate::Only::Create => {
+            let (create, bare) =
+                create_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
+            create_row(iterations, &create, &bare);
+        }
+    }
+    Ok(())
+}
+
+/// One table row: a figure beside its baseline, p50 (p90) each, and the
+/// ratio of the p50s (`figure` names the percentiles and the runs).
+fn ratio_row(figure: &str, hutch: &Samples, baseline: &str, base: &Samples, target: &str) {
+    println!(
+        "| {figure} | {} ({}) | {baseline}: {} ({}) | {:.2}× | {target} |",
+        ms(hutch.pct(0.5)),
+        ms(hutch.pct(0.9)),
+        ms(base.pct(0.5)),
+        ms(base.pct(0.9)),
+        hutch.pct(0.5).as_secs_f64() / base.pct(0.5).as_secs_f64()
+    );
 }
 
 /// Create → first output through the API against `crun run` of the same rootfs.
@@ -327,13 +336,12 @@ async fn create_figure(
 }
 
 fn create_row(n: usize, create: &Samples, bare: &Samples) {
-    println!(
-        "| create → first command output, p50 (p90), {n} runs | {} ({}) | `crun run` of `echo hi`: {} ({}) | {:.2}× | ≤ 1.5× |",
-        ms(create.pct(0.5)),
-        ms(create.pct(0.9)),
-        ms(bare.pct(0.5)),
-        ms(bare.pct(0.9)),
-        create.pct(0.5).as_secs_f64() / bare.pct(0.5).as_secs_f64()
+    ratio_row(
+        &format!("create → first command output, p50 (p90), {n} runs"),
+        create,
+        "`crun run` of `echo hi`",
+        bare,
+        "≤ 1.5×",
     );
 }
 
@@ -369,15 +377,13 @@ async fn exec_figure(
     Ok((Samples::new(exec), Samples::new(crun_exec)))
 }
 
-fn exec_row(iterations: usize, exec: &Samples, crun_exec: &Samples) {
-    println!(
-        "| exec round trip (`true`, `wait: true`), p50 (p90), {} runs | {} ({}) | `crun exec … true`: {} ({}) | {:.2}× | ≤ 0.2× and ≤ 3 ms |",
-        iterations,
-        ms(exec.pct(0.5)),
-        ms(exec.pct(0.9)),
-        ms(crun_exec.pct(0.5)),
-        ms(crun_exec.pct(0.9)),
-        exec.pct(0.5).as_secs_f64() / crun_exec.pct(0.5).as_secs_f64()
+fn exec_row(n: usize, exec: &Samples, crun_exec: &Samples) {
+    ratio_row(
+        &format!("exec round trip (`true`, `wait: true`), p50 (p90), {n} runs"),
+        exec,
+        "`crun exec … true`",
+        crun_exec,
+        "≤ 0.2× and ≤ 3 ms",
     );
 }
 

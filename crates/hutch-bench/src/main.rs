@@ -57,11 +57,11 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         if let Some(which) = args.only {
             let hutch = args.hutch.as_deref().context("--only needs --hutch")?;
-            return core::one_figure(hutch, &args.guest, args.iterations, which).await;
+            return core::section(hutch, &args.guest, args.iterations, Some(which)).await;
         }
         guest_section(&args).await?;
         if let Some(hutch) = &args.hutch {
-            core::section(hutch, &args.guest, args.iterations).await?;
+            core::section(hutch, &args.guest, args.iterations, None).await?;
         }
         Ok(())
     })
