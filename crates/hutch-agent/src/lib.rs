@@ -14,6 +14,7 @@
 //! in single-node mode, over HTTP to `hutch agent` on other hosts later.
 
 pub mod config;
+pub mod guest_log;
 pub mod host;
 pub mod layers;
 pub mod local;

@@ -26,14 +26,17 @@
 //! 6. Write the OCI bundle: the guest binary bound read-only at [`GUEST_PATH`], `guest/` bound
 //!    read-only at [`GUEST_CONFIG_DIR`], cgroup `<parent>/<id>` with memory (no swap), pids and
 //!    CPU limits, hostname = id, the isolation defaults of DESIGN §3.
-//! 7. `create --preserve-fds 1` + `start`: the listening socket becomes the guest's fd 3
+//! 7. `run --detach --preserve-fds 1`: the listening socket becomes the guest's fd 3
 //!    (`--listen-fd 3`, which the guest marks close-on-exec); the guest also listens on
-//!    `0.0.0.0:49983` in the sandbox's own network namespace for the proxy. The agent closes its
-//!    copy of the socket.
+//!    `0.0.0.0:49983` in the sandbox's own network namespace for the proxy. Its stdout and
+//!    stderr are a pipe the agent drains into `guest.log` (see [`crate::guest_log`]); its
+//!    stdin a pipe at its end: the guest holds no host file. The agent closes its copies of
+//!    the socket and the pipe's write end.
 //! 8. Wait for `GET /health` over the socket, up to a deadline. The socket listens before the
 //!    guest runs, so the first request simply waits for the guest to serve: no sleeps.
 //! 9. Check the guest's posture from outside (R17): capability sets, no_new_privs, seccomp
-//!    mode 2, namespaces distinct from the agent's, open descriptors of allowed kinds only.
+//!    mode 2, namespaces distinct from the agent's, open descriptors of allowed kinds only;
+//!    and that no process of the sandbox holds a descriptor of a host file.
 //! 10. Any failure after step 2 undoes everything ([`HostAgent::destroy`]'s path) and returns
 //!     the error.
 //!
@@ -70,13 +73,14 @@ use hutch_guest_client::{Endpoint, GuestClient};
 use hutch_image::Builtin;
 use hutch_rootfs::{PrepareSpec, RealHostOps, RootfsManager};
 use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
-use hutch_runtime::posture::{Expected, FdPolicy, Posture};
+use hutch_runtime::posture::{Expected, FdPolicy, Mismatch, Posture, PostureError};
 use hutch_runtime::{
     BindMount, ContainerIo, ContainerStatus, CpuLimit, Runtime as OciRuntime, RuntimeError,
     RuntimeKind, SandboxSpec, Signal,
 };
 
 use crate::config::AgentConfig;
+use crate::guest_log;
 use crate::host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 use crate::layers::{LayerCache, LayerError};
 use crate::state::{Meta, StateDir};
@@ -357,6 +361,17 @@ impl LocalAgent {
             .map(|rt| rt.state_root().to_path_buf())
     }
 
+    /// Descriptors of host files held by any process of sandbox `id`, by pid (R17: there must
+    /// be none). Launch checks it for the guest; tests check it with commands running.
+    pub async fn host_files(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<(i32, Vec<Mismatch>)>, AgentError> {
+        let inner = self.inner.clone();
+        let id2 = id.clone();
+        blocking(id, move || inner.host_files(&id2)).await
+    }
+
     /// The cgroup directories sandbox `id` has or would have.
     pub fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
         self.inner
@@ -532,31 +547,47 @@ impl LocalAgent {
         id: &SandboxId,
         client: &GuestClient,
         runtime: Arc<dyn OciRuntime>,
+        mut log_task: tokio::task::JoinHandle<()>,
     ) -> Result<(), AgentError> {
+        /// How long a failed launch waits for the guest's last words to reach its log.
+        const LOG_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
         let deadline = tokio::time::Instant::now() + self.inner.config.guest_ready_timeout;
         let mut pause = std::time::Duration::from_millis(1);
-        let not_ready = |reason: String| AgentError::GuestNotReady {
-            id: id.clone(),
-            reason: format!(
-                "{reason}; guest log: {}",
-                self.inner.state(id).log_tail(512)
-            ),
+        let not_ready = async |reason: String, log_task: &mut tokio::task::JoinHandle<()>| {
+            // A guest that died has closed the pipe: its output is all in the log once the
+            // draining task ends.
+            let _ = tokio::time::timeout(LOG_SETTLE, log_task).await;
+            AgentError::GuestNotReady {
+                id: id.clone(),
+                reason: format!(
+                    "{reason}; guest log: {}",
+                    self.inner.state(id).log_tail(512)
+                ),
+            }
         };
         loop {
             let failure = match tokio::time::timeout_at(deadline, client.health()).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => error_chain(&e),
-                Err(_) => return Err(not_ready("no answer to /health before the deadline".into())),
+                Err(_) => {
+                    return Err(not_ready(
+                        "no answer to /health before the deadline".into(),
+                        &mut log_task,
+                    )
+                    .await);
+                }
             };
             let rt = runtime.clone();
             let cid = id.to_string();
             let status =
                 blocking(id, move || Ok(rt.state(&cid).map(|info| info.status).ok())).await?;
             if status != Some(ContainerStatus::Running) {
-                return Err(not_ready(format!("{failure}; container {status:?}")));
+                return Err(
+                    not_ready(format!("{failure}; container {status:?}"), &mut log_task).await,
+                );
             }
             if tokio::time::Instant::now() + pause >= deadline {
-                return Err(not_ready(failure));
+                return Err(not_ready(failure, &mut log_task).await);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(50));
@@ -580,6 +611,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 struct Started {
     expected: Expected,
     runtime: Arc<dyn OciRuntime>,
+    /// The task draining the guest's output into `guest.log` (it ends with the guest).
+    log_task: tokio::task::JoinHandle<()>,
     /// Microseconds spent in steps 3–7, for the launch's debug log.
     steps: StepTimes,
 }
@@ -792,32 +825,31 @@ impl Inner {
             seccomp_mode: if self.config.isolation.seccomp { 2 } else { 0 },
             fds: FdPolicy {
                 max_fds: MAX_GUEST_FDS,
-                allowed_targets: vec![
-                    "/dev/null".into(),
-                    log.to_string_lossy().into_owned(),
-                    "socket:".into(),
-                    "anon_inode:".into(),
-                    "pipe:".into(),
-                ],
+                allowed_targets: vec!["socket:".into(), "anon_inode:".into(), "pipe:".into()],
+                sandbox_files: true,
             },
         };
 
         steps.bundle = micros_since(t);
 
-        // 7. Create and start with the socket as fd 3; then it is the guest's alone.
+        // 7. Create and start with the socket as fd 3 and the output pipe as stdout and
+        // stderr; then both are the guest's alone. The pipe is drained from before the
+        // runtime runs, so what the runtime itself prints on a failure is kept too.
         let t = std::time::Instant::now();
-        rt.run_detached_with_fds(
-            id.as_str(),
-            &bundle,
-            &ContainerIo::LogFile(log),
-            &[listener.as_fd()],
-        )
-        .map_err(host_err("start the runtime", id))?;
+        let (read_end, write_end) =
+            guest_log::pipe().map_err(host_err("create the guest's output pipe", id))?;
+        let log_task = guest_log::drain(read_end, log, guest_log::ROTATE_AT)
+            .map_err(host_err("collect the guest's output", id))?;
+        let io = ContainerIo::Pipe(Arc::new(write_end));
+        rt.run_detached_with_fds(id.as_str(), &bundle, &io, &[listener.as_fd()])
+            .map_err(host_err("start the runtime", id))?;
+        drop(io);
         drop(listener);
         steps.runtime = micros_since(t);
         Ok(Started {
             expected,
             runtime: rt,
+            log_task,
             steps,
         })
     }
@@ -828,12 +860,16 @@ impl Inner {
     /// namespace (`NSpid: <host> 1`): a file read instead of a `runtime state` child process
     /// (5–10 ms), and a pid listed in the cgroup cannot be a recycled one of another process.
     /// Only if that fails is the runtime asked.
-    fn check_posture(&self, id: &SandboxId, started: &Started) -> Result<u32, AgentError> {
+    fn check_posture(
+        &self,
+        id: &SandboxId,
+        expected: &Expected,
+        runtime: &dyn OciRuntime,
+    ) -> Result<u32, AgentError> {
         let pid = match self.init_pid_from_cgroup(id) {
             Some(pid) => pid,
             None => {
-                let info = started
-                    .runtime
+                let info = runtime
                     .state(id.as_str())
                     .map_err(host_err("read the container state", id))?;
                 match (info.status, info.pid) {
@@ -849,7 +885,7 @@ impl Inner {
         };
         let report = self
             .posture
-            .check(pid, &started.expected)
+            .check(pid, expected)
             .map_err(host_err("check the posture", id))?;
         if !report.is_ok() {
             return Err(AgentError::Posture {
@@ -857,10 +893,41 @@ impl Inner {
                 mismatches: format!("{:?}", report.mismatches),
             });
         }
+        let host_files = self.host_files(id)?;
+        if !host_files.is_empty() {
+            return Err(AgentError::Posture {
+                id: id.clone(),
+                mismatches: format!("{host_files:?}"),
+            });
+        }
         u32::try_from(pid).map_err(|_| AgentError::GuestNotReady {
             id: id.clone(),
             reason: format!("bad pid {pid}"),
         })
+    }
+
+    /// Descriptors of host files held by any process of sandbox `id` (blocking): each
+    /// process's pid and what [`Posture::check_fds`] found against
+    /// [`FdPolicy::sandbox_process`]. Empty is the only healthy answer.
+    fn host_files(&self, id: &SandboxId) -> Result<Vec<(i32, Vec<Mismatch>)>, AgentError> {
+        let procs = self
+            .cgroups
+            .sandbox(id.as_str())
+            .and_then(|cg| cg.procs())
+            .map_err(host_err("list the sandbox's processes", id))?;
+        let policy = FdPolicy::sandbox_process();
+        let mut found = Vec::new();
+        for pid in procs {
+            match self.posture.check_fds(pid, &policy) {
+                Ok(m) if m.is_empty() => {}
+                Ok(m) => found.push((pid, m)),
+                // Exited between the listing and the check: it holds nothing any more.
+                Err(PostureError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(host_err("check the sandbox's descriptors", id)(e)),
+            }
+        }
+        Ok(found)
     }
 
     /// The host pid of the sandbox's init, from its cgroup (see [`Inner::check_posture`]).
@@ -1134,18 +1201,25 @@ impl HostAgent for LocalAgent {
         let inner = self.inner.clone();
         let l = launch.clone();
         let result: Result<(Launched, GuestClient), AgentError> = async {
-            let started = blocking(&id, move || inner.start(&l, &state).map(Arc::new)).await?;
-            let steps = started.steps;
+            let Started {
+                expected,
+                runtime,
+                log_task,
+                steps,
+            } = blocking(&id, move || inner.start(&l, &state)).await?;
             let client = GuestClient::new(Endpoint::Unix(self.inner.state(&id).socket()))
                 .with_token(launch.guest_token.clone());
             let t = std::time::Instant::now();
-            self.wait_for_guest(&id, &client, started.runtime.clone())
+            self.wait_for_guest(&id, &client, runtime.clone(), log_task)
                 .await?;
             let guest_us = micros_since(t);
             let t = std::time::Instant::now();
             let inner = self.inner.clone();
             let id2 = id.clone();
-            let init_pid = blocking(&id, move || inner.check_posture(&id2, &started)).await?;
+            let init_pid = blocking(&id, move || {
+                inner.check_posture(&id2, &expected, runtime.as_ref())
+            })
+            .await?;
             tracing::debug!(
                 sandbox = %id,
                 claim_us = claim_us,

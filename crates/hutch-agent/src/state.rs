@@ -9,7 +9,8 @@
 //!                          re-attaches)
 //!     env                  0600, KEY=VALUE lines: the environment of every process
 //!   guest.sock             the guest's listening socket, bound here by the agent
-//!   guest.log              the guest's stdout and stderr
+//!   guest.log              the guest's stdout and stderr, drained from a pipe by the agent
+//!                          (rotated to guest.log.1 past 256 KiB; see guest_log)
 //!   bundle/                config.json and the runtime's own log
 //! ```
 //!

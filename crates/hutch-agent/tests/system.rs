@@ -714,6 +714,122 @@ async fn guest_socket_is_only_in_the_host_state_dir() {
     assert_nothing_left(&h, &id);
 }
 
+/// Root inside cannot reach a host file through the guest (issue: `fallocate -l 3G
+/// /proc/1/fd/1` grew the host's guest log past `disk_mb`): the guest is non-dumpable, so
+/// `/proc/1/fd` is closed to sandbox processes; its stdout is a pipe, so the files API refuses
+/// it as not a regular file; the host's log stays bounded; and no process of the sandbox, with
+/// commands running, holds a host file. The twin: in the same sandbox, root reopens and grows
+/// a *dumpable* process's stdout through `/proc/<pid>/fd/1`, so the attack is not mis-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_holds_no_host_file() {
+    use futures::StreamExt;
+    let h = host().await;
+    for runtime in [Runtime::Crun, Runtime::Runc] {
+        let id = start(&h, runtime, resources()).await;
+        for attack in [
+            "fallocate -l 512M /proc/1/fd/1",
+            "dd if=/dev/zero of=/proc/1/fd/1 bs=1M count=16",
+            "dd if=/dev/zero of=/proc/1/fd/2 bs=1M count=16",
+            "cat /proc/1/environ",
+        ] {
+            let ran = sh_in(&h, &id, attack).await;
+            assert_ne!(ran.exit_code, 0, "{runtime} `{attack}` succeeded: {ran:?}");
+            assert!(
+                ran.stderr.contains("Permission denied"),
+                "{runtime} `{attack}`: {ran:?}"
+            );
+        }
+        // busybox's readlink says nothing when it fails: the host path must not show.
+        let ran = sh_in(&h, &id, "readlink /proc/1/fd/1 /proc/1/fd/2; echo rc=$?").await;
+        assert_eq!(ran.stdout, "rc=1\n", "{runtime}: {ran:?}");
+        // The twin, in the same sandbox, with a sandbox process holding a sandbox file.
+        let ran = sh_in(
+            &h,
+            &id,
+            "sleep 60 > /tmp/out 2>/dev/null & p=$!; \
+             until [ \"$(readlink /proc/$p/fd/1)\" = /tmp/out ]; do :; done; \
+             dd if=/dev/zero of=/proc/$p/fd/1 bs=1k count=64 2>/dev/null && wc -c < /tmp/out; \
+             kill $p",
+        )
+        .await;
+        assert_eq!(
+            (ran.stdout.trim(), ran.exit_code),
+            ("65536", 0),
+            "{runtime} twin: reopening a dumpable process's fd failed: {}",
+            ran.stderr
+        );
+        // The guest's own view of its fds (the files API runs as the guest): a pipe, refused.
+        let client = h.agent.guest(&id).expect("guest");
+        for path in ["/proc/1/fd/1", "/proc/self/fd/2"] {
+            match client.download(path, Some("root")).await {
+                Err(hutch_guest_client::ClientError::Http { status, message }) => {
+                    assert_eq!(status, 400, "{runtime} {path}: {message}");
+                    assert!(message.contains("not a regular file"), "{message}");
+                }
+                Err(other) => panic!("{runtime} download {path}: {other:?}"),
+                Ok(body) => {
+                    let got: Vec<_> = body.take(1).collect().await;
+                    panic!("{runtime} download {path} was served: {got:?}");
+                }
+            }
+        }
+        let upload = client
+            .upload(
+                "/proc/1/fd/1",
+                Some("root"),
+                futures::stream::iter([Ok(bytes::Bytes::from(vec![0u8; 1 << 20]))]),
+            )
+            .await;
+        assert!(upload.is_err(), "{runtime} upload to /proc/1/fd/1 accepted");
+
+        // With a command running, no process of the sandbox holds a host file.
+        let client2 = client.clone();
+        let long = tokio::spawn(async move { sh(&client2, "sleep 5 </dev/null").await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let procs = loop {
+            let procs = hutch_cgroup::CgroupFs::system()
+                .expect("cgroups")
+                .parent(CGROUP_PARENT)
+                .expect("parent")
+                .sandbox(id.as_str())
+                .expect("cgroup")
+                .procs()
+                .expect("procs");
+            if procs_len_with_sleep(&procs) || Instant::now() > deadline {
+                break procs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            procs.len() >= 2,
+            "{runtime}: the command did not start: {procs:?}"
+        );
+        let found = h.agent.host_files(&id).await.expect("host files");
+        assert!(found.is_empty(), "{runtime}: host files held: {found:?}");
+        long.abort();
+
+        let state = h.agent.state_dir(&id);
+        let logs: u64 = ["guest.log", "guest.log.1"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        assert!(
+            logs <= 2 * hutch_agent::guest_log::ROTATE_AT,
+            "{runtime}: guest logs hold {logs} bytes"
+        );
+        h.agent.destroy(&id).await.expect("destroy");
+        assert_nothing_left(&h, &id);
+    }
+}
+
+/// Whether `procs` (a sandbox cgroup's pids) includes a `sleep`.
+fn procs_len_with_sleep(procs: &[i32]) -> bool {
+    procs.iter().any(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    })
+}
+
 /// After the agent is gone (as after SIGKILL): a new agent on the same data dir re-attaches
 /// a running sandbox, reports one whose processes were killed as dead, and removes leftovers
 /// of an id the caller does not know.

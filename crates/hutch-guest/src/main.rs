@@ -1,5 +1,5 @@
-//! The hutch-guest executable: parse flags, bind, serve; as PID 1, also
-//! forward SIGTERM to every process in the sandbox and reap orphans.
+//! The hutch-guest executable: make itself non-dumpable, parse flags, bind, serve; as PID 1,
+//! also forward SIGTERM to every process in the sandbox and reap orphans.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,17 @@ use clap::Parser;
 use hutch_guest::{Config, GuestState, config::Args, server};
 
 fn main() -> ExitCode {
+    // Before anything else, and so before serving: a non-dumpable process's `/proc/<pid>`
+    // entries (fd/, mem, environ, ...) can be opened only with CAP_SYS_PTRACE, which no
+    // sandbox process has. Root inside therefore cannot reopen the guest's descriptors
+    // (its listening sockets, its output pipe) through `/proc/1/fd`. The commands it starts
+    // are dumpable again after their execve, as usual.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("hutch-guest: making the guest non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = match Config::from_args(Args::parse()) {
         Ok(c) => c,
         Err(e) => {

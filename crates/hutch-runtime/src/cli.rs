@@ -145,9 +145,10 @@ impl CliDriver {
         }
     }
 
-    fn open_io(&self, io: &ContainerIo) -> Result<(Stdio, Stdio, Option<PathBuf>), RuntimeError> {
+    /// The runtime process's (and so the container init's) stdin, stdout and stderr.
+    fn open_io(&self, io: &ContainerIo) -> Result<(Stdio, Stdio, Stdio), RuntimeError> {
         match io {
-            ContainerIo::Null => Ok((Stdio::null(), Stdio::null(), None)),
+            ContainerIo::Null => Ok((Stdio::null(), Stdio::null(), Stdio::null())),
             ContainerIo::LogFile(path) => {
                 let f = fs::OpenOptions::new()
                     .create(true)
@@ -164,7 +165,23 @@ impl CliDriver {
                     path: path.clone(),
                     source,
                 })?;
-                Ok((f.into(), f2.into(), Some(path.clone())))
+                Ok((Stdio::null(), f.into(), f2.into()))
+            }
+            ContainerIo::Pipe(writer) => {
+                let io_err = |op| {
+                    move |source: std::io::Error| RuntimeError::Io {
+                        op,
+                        path: PathBuf::from("pipe"),
+                        source,
+                    }
+                };
+                // Close-on-exec until `Command` puts them on 0, 1 and 2 of the child only.
+                let (stdin, input_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| io_err("create the stdin pipe")(e.into()))?;
+                drop(input_end);
+                let out = writer.try_clone().map_err(io_err("dup the output pipe"))?;
+                let err = writer.try_clone().map_err(io_err("dup the output pipe"))?;
+                Ok((stdin.into(), out.into(), err.into()))
             }
         }
     }
@@ -207,7 +224,7 @@ impl CliDriver {
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), RuntimeError> {
         validate_id(id)?;
-        let (stdout, stderr, _) = self.open_io(io)?;
+        let (stdin, stdout, stderr) = self.open_io(io)?;
         let log = Self::runtime_log(bundle);
         let log_offset = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = self.command()?;
@@ -222,9 +239,9 @@ impl CliDriver {
             })?;
         }
         cmd.arg("--bundle").arg(bundle).arg(id);
-        // The container's init inherits the runtime's stdio: files, never pipes we would have
-        // to drain, never a terminal.
-        cmd.stdout(stdout).stderr(stderr);
+        // The container's init inherits the runtime's stdio: files or a pipe its caller
+        // drains, never a terminal.
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         let status = cmd.status().map_err(self.spawn_err(op))?;
         if status.success() {
             return Ok(());
@@ -241,13 +258,13 @@ impl CliDriver {
         timeout: Duration,
     ) -> Result<i32, RuntimeError> {
         validate_id(id)?;
-        let (stdout, stderr, _) = self.open_io(io)?;
+        let (stdin, stdout, stderr) = self.open_io(io)?;
         let log = Self::runtime_log(bundle);
         let log_offset = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = self.command()?;
         cmd.arg("--log").arg(&log);
         cmd.arg("run").arg("--bundle").arg(bundle).arg(id);
-        cmd.stdout(stdout).stderr(stderr);
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         let mut child = cmd.spawn().map_err(self.spawn_err("run"))?;
         let start = Instant::now();
         let status = loop {

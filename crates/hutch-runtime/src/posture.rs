@@ -16,8 +16,14 @@
 //! 3. read the `ns/<kind>` link of the sandbox and of the reference (host) process and report
 //!    each kind that is shared;
 //! 4. list `fd/` and report any descriptor beyond the allowed count or whose target is not of
-//!    an allowed shape.
+//!    an allowed shape ([`Posture::check_fds`], which also serves every other process of a
+//!    sandbox): a pipe, socket or anonymous inode, or a file of the sandbox's own tree. A file
+//!    counts as the sandbox's own when the mount it was opened through (`fdinfo/<fd>`'s
+//!    `mnt_id`) is one of the process's own mounts (`mountinfo`); a descriptor of a host file
+//!    handed in from outside names a mount of the host's mount namespace, which the sandbox's
+//!    does not list, whatever its path reads.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -43,12 +49,28 @@ pub enum PostureError {
 pub struct FdPolicy {
     /// Highest number of open descriptors.
     pub max_fds: usize,
-    /// Allowed link targets: exact paths (`/dev/null`, a log file) or prefixes ending in `:`
-    /// (`pipe:`, `socket:`, `anon_inode:`).
+    /// Allowed link targets: exact paths or prefixes ending in `:` (`pipe:`, `socket:`,
+    /// `anon_inode:`, `/memfd:`).
     pub allowed_targets: Vec<String>,
+    /// Whether files opened through the process's own mounts (its sandbox's tree) are
+    /// allowed. Files of any other mount, the host's, never are.
+    pub sandbox_files: bool,
 }
 
 impl FdPolicy {
+    /// The policy for every process of a running sandbox: any number of descriptors to
+    /// pipes, sockets, anonymous inodes, memfds and files of the sandbox's own tree; none to
+    /// a host file.
+    pub fn sandbox_process() -> Self {
+        Self {
+            max_fds: usize::MAX,
+            allowed_targets: ["pipe:", "socket:", "anon_inode:", "/memfd:"]
+                .map(String::from)
+                .to_vec(),
+            sandbox_files: true,
+        }
+    }
+
     fn allows(&self, target: &str) -> bool {
         self.allowed_targets.iter().any(|a| {
             if a.ends_with(':') {
@@ -95,9 +117,16 @@ pub enum Mismatch {
         max: usize,
         actual: usize,
     },
+    /// A descriptor of a kind the policy does not allow.
     Fd {
         fd: u32,
         target: String,
+    },
+    /// A descriptor of a file outside the sandbox's own mounts: a host file.
+    HostFile {
+        fd: u32,
+        target: String,
+        mnt_id: u64,
     },
 }
 
@@ -189,6 +218,14 @@ impl Posture {
             }
         }
 
+        mismatches.extend(self.check_fds(pid, &expected.fds)?);
+        Ok(Report { pid, mismatches })
+    }
+
+    /// Checks the open descriptors of process `pid` against `policy` (step 4). A process
+    /// that exits meanwhile has no descriptors left: its check is empty, not an error.
+    pub fn check_fds(&self, pid: i32, policy: &FdPolicy) -> Result<Vec<Mismatch>, PostureError> {
+        let dir = self.proc_root.join(pid.to_string());
         let fd_dir = dir.join("fd");
         let mut fds = Vec::new();
         let entries = fs::read_dir(&fd_dir).map_err(io("list fds", &fd_dir))?;
@@ -209,19 +246,74 @@ impl Posture {
             }
         }
         fds.sort();
-        if fds.len() > expected.fds.max_fds {
+        let mut mismatches = Vec::new();
+        if fds.len() > policy.max_fds {
             mismatches.push(Mismatch::TooManyFds {
-                max: expected.fds.max_fds,
+                max: policy.max_fds,
                 actual: fds.len(),
             });
         }
+        // The process's own mounts, read once and only if some descriptor is a file.
+        let mut own_mounts: Option<HashSet<u64>> = None;
         for (fd, target) in fds {
-            if !expected.fds.allows(&target) {
+            if policy.allows(&target) {
+                continue;
+            }
+            if !(policy.sandbox_files && target.starts_with('/')) {
                 mismatches.push(Mismatch::Fd { fd, target });
+                continue;
+            }
+            let Some(mnt_id) = fd_mount(&dir, fd)? else {
+                continue; // closed meanwhile
+            };
+            let own = match &mut own_mounts {
+                Some(set) => set,
+                none => none.insert(mount_ids(&dir.join("mountinfo"))?),
+            };
+            if !own.contains(&mnt_id) {
+                mismatches.push(Mismatch::HostFile { fd, target, mnt_id });
             }
         }
-        Ok(Report { pid, mismatches })
+        Ok(mismatches)
     }
+}
+
+/// The `mnt_id` of descriptor `fd` of the process at `dir`, from its `fdinfo`; `None` if it
+/// was closed meanwhile.
+fn fd_mount(dir: &Path, fd: u32) -> Result<Option<u64>, PostureError> {
+    let path = dir.join("fdinfo").join(fd.to_string());
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read fdinfo", &path)(e)),
+    };
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .map(str::trim)
+        .ok_or_else(|| PostureError::Parse {
+            path: path.clone(),
+            reason: "no mnt_id line".into(),
+        })?;
+    value.parse().map(Some).map_err(|e| PostureError::Parse {
+        path,
+        reason: format!("mnt_id {value:?}: {e}"),
+    })
+}
+
+/// The mount ids (first field of each line) of a `mountinfo` file.
+fn mount_ids(path: &Path) -> Result<HashSet<u64>, PostureError> {
+    let text = fs::read_to_string(path).map_err(io("read mountinfo", path))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let first = l.split_whitespace().next().unwrap_or_default();
+            first.parse().map_err(|e| PostureError::Parse {
+                path: path.to_path_buf(),
+                reason: format!("mount id {first:?}: {e}"),
+            })
+        })
+        .collect()
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PostureError + 'a {
@@ -291,7 +383,17 @@ mod tests {
         )
     }
 
-    /// A proc tree with a host process `1` and sandbox process `42`.
+    /// The sandbox process's own mounts in the fixtures; the host's `/` is mount 25.
+    const SANDBOX_MOUNTINFO: &str = "\
+301 300 0:61 / / rw,relatime - overlay overlay rw,lowerdir=l,upperdir=u,workdir=w
+302 301 0:63 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+303 301 0:64 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+";
+    const HOST_ROOT_MOUNT: u64 = 25;
+
+    /// A proc tree with a host process `1` and sandbox process `42`. A file target (`/...`)
+    /// was opened through mount 301 (the sandbox's root) unless it starts with `/host/`
+    /// (mount 25, the host's).
     fn fixture(status_text: &str, shared: &[&str], fds: &[(&str, &str)]) -> TempDir {
         let tmp = TempDir::new().expect("tmp");
         let host = tmp.path().join("1");
@@ -310,9 +412,21 @@ mod tests {
             symlink(&host_ino, host.join("ns").join(kind)).expect("symlink");
             symlink(&sb_ino, sb.join("ns").join(kind)).expect("symlink");
         }
+        fs::create_dir_all(sb.join("fdinfo")).expect("mkdir");
         for (fd, target) in fds {
             symlink(target, sb.join("fd").join(fd)).expect("symlink");
+            let mnt_id = if target.starts_with("/host/") {
+                HOST_ROOT_MOUNT
+            } else {
+                301
+            };
+            fs::write(
+                sb.join("fdinfo").join(fd),
+                format!("pos:\t0\nflags:\t02\nmnt_id:\t{mnt_id}\nino:\t7\n"),
+            )
+            .expect("write");
         }
+        fs::write(sb.join("mountinfo"), SANDBOX_MOUNTINFO).expect("write");
         fs::write(sb.join("status"), status_text).expect("write");
         tmp
     }
@@ -325,6 +439,7 @@ mod tests {
             fds: FdPolicy {
                 max_fds: 3,
                 allowed_targets: vec!["/dev/null".into(), "pipe:".into()],
+                sandbox_files: false,
             },
         }
     }
@@ -402,6 +517,58 @@ mod tests {
                     target: "/var/lib/hutch/secret-dir".into()
                 },
             ]
+        );
+    }
+
+    /// A sandbox process may hold files of its own tree but not a host file, whatever the
+    /// path reads (a host file's path can look like a sandbox's); the twin: the same host
+    /// file passes a policy that does not ask (as the old exact-path allowance did).
+    #[test]
+    fn host_files_are_told_from_sandbox_files_by_their_mount() {
+        let fds = &[
+            ("0", "pipe:[70]"),
+            ("1", "pipe:[71]"),
+            ("2", "pipe:[71]"),
+            ("3", "socket:[72]"),
+            ("4", "/tmp/upload (deleted)"),
+            ("5", "/memfd:jit (deleted)"),
+            ("6", "/host/var/lib/hutch/agent/sandboxes/sb1/guest.log"),
+        ];
+        let tmp = fixture(&status(CAPS, 1, 2), &[], fds);
+        let posture = Posture::new(tmp.path(), "1");
+        let found = posture
+            .check_fds(42, &FdPolicy::sandbox_process())
+            .expect("check");
+        assert_eq!(
+            found,
+            vec![Mismatch::HostFile {
+                fd: 6,
+                target: "/host/var/lib/hutch/agent/sandboxes/sb1/guest.log".into(),
+                mnt_id: HOST_ROOT_MOUNT,
+            }]
+        );
+
+        let mut trusting = FdPolicy::sandbox_process();
+        trusting
+            .allowed_targets
+            .push("/host/var/lib/hutch/agent/sandboxes/sb1/guest.log".into());
+        assert!(posture.check_fds(42, &trusting).expect("check").is_empty());
+
+        // Without sandbox files allowed, a file of the sandbox's tree is a mismatch too.
+        let strict = FdPolicy {
+            sandbox_files: false,
+            ..FdPolicy::sandbox_process()
+        };
+        let found = posture.check_fds(42, &strict).expect("check");
+        assert_eq!(
+            found
+                .iter()
+                .map(|m| match m {
+                    Mismatch::Fd { fd, .. } => *fd,
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            vec![4, 6]
         );
     }
 

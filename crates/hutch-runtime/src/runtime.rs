@@ -78,14 +78,21 @@ pub struct ContainerInfo {
     pub bundle: PathBuf,
 }
 
-/// Where the container's stdio goes. stdin is always `/dev/null`; CRIU needs files or pipes
-/// here, never a host terminal (MACHINE-NOTES).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the container's stdio goes. CRIU needs files or pipes here, never a host terminal
+/// (MACHINE-NOTES).
+#[derive(Debug, Clone)]
 pub enum ContainerIo {
+    /// stdin, stdout and stderr `/dev/null`.
     Null,
-    /// stdout and stderr appended to this file (created 0600), e.g. in the sandbox's 0700
-    /// host state dir.
+    /// stdin `/dev/null`; stdout and stderr appended to this file (created 0600). The
+    /// container's init then holds a host file: root inside can reach it through
+    /// `/proc/<pid>/fd` unless the init is non-dumpable. For tests and the bench; sandboxes
+    /// use [`ContainerIo::Pipe`].
     LogFile(PathBuf),
+    /// stdout and stderr are this descriptor (the write end of a pipe whose read end the
+    /// caller drains); stdin is a pipe whose write end is already closed (end of input at
+    /// once). The container's init holds no host file at all.
+    Pipe(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
 /// Most descriptors [`Runtime::create_with_fds`] passes.

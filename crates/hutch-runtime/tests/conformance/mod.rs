@@ -219,6 +219,10 @@ pub const CHECKS: &[(&str, Check)] = &[
         "preserved_fds_reach_the_process",
         preserved_fds_reach_the_process,
     ),
+    (
+        "piped_stdio_holds_no_host_file",
+        piped_stdio_holds_no_host_file,
+    ),
 ];
 
 /// Runs every check against `rt`, each isolated from the others' panics; panics listing the
@@ -292,6 +296,7 @@ fn expected_for(spec: &ValidSpec, seccomp_mode: u8) -> Expected {
         fds: FdPolicy {
             max_fds: 3,
             allowed_targets: vec![],
+            sandbox_files: false,
         },
     }
 }
@@ -585,4 +590,103 @@ pub fn preserved_fds_reach_the_process(rt: &dyn Runtime, lab: &Lab) {
     let id = lab.id();
     let (code, out) = lab.run(rt, &id, lab.spec(&id, &["sh", "-c", "echo x >&3"]));
     assert_ne!(code, 0, "fd 3 open without preserving it: {out}");
+}
+
+/// With [`ContainerIo::Pipe`] the container's init holds pipes for stdio and no host file:
+/// its output arrives on the pipe, its input is at its end, and the check of every sandbox
+/// process finds nothing. The twin: with a host log file ([`ContainerIo::LogFile`]) the same
+/// check reports its stdio as host files, and root inside reopens the file through
+/// `/proc/1/fd/1` and grows it (the hole of a dumpable init holding a host file).
+pub fn piped_stdio_holds_no_host_file(rt: &dyn Runtime, lab: &Lab) {
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
+    let posture = Posture::system();
+    let pipe = || {
+        let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+        (read_end, ContainerIo::Pipe(Arc::new(write_end)))
+    };
+    let drain = |read_end: OwnedFd| {
+        let mut got = String::new();
+        std::fs::File::from(read_end)
+            .read_to_string(&mut got)
+            .expect("read pipe");
+        got
+    };
+
+    // Output through the pipe, input at its end at once.
+    let id = lab.id();
+    let (bundle, _) = lab.bundle(
+        &id,
+        lab.spec(
+            &id,
+            &["sh", "-c", "echo out; echo err >&2; read x; echo read=$?"],
+        ),
+    );
+    let (read_end, io) = pipe();
+    rt.run_detached(&id, &bundle, &io)
+        .unwrap_or_else(|e| panic!("{} run_detached: {e}", rt.kind()));
+    drop(io);
+    assert_eq!(drain(read_end), "out\nerr\nread=1\n");
+    wait_until(|| matches!(rt.state(&id), Ok(s) if s.status == ContainerStatus::Stopped));
+    rt.delete(&id, true).expect("delete");
+    lab.cgroups
+        .sandbox(&id)
+        .expect("cg")
+        .remove()
+        .expect("rm cg");
+
+    // No host file: neither for a strict policy (pipes only) nor as a sandbox process.
+    let id = lab.id();
+    let (bundle, _) = lab.bundle(&id, lab.spec(&id, &["sleep", "30"]));
+    let (read_end, io) = pipe();
+    rt.run_detached(&id, &bundle, &io)
+        .unwrap_or_else(|e| panic!("{} run_detached: {e}", rt.kind()));
+    drop(io);
+    let pid = rt.pid(&id).expect("pid").expect("running");
+    wait_for_exec(pid, "sleep");
+    let strict = FdPolicy {
+        max_fds: 3,
+        allowed_targets: vec!["pipe:".into()],
+        sandbox_files: false,
+    };
+    let found = posture.check_fds(pid, &strict).expect("check");
+    let as_process = posture
+        .check_fds(pid, &FdPolicy::sandbox_process())
+        .expect("check");
+    lab.stop(rt, &id);
+    drop(read_end);
+    assert!(found.is_empty(), "piped init: {found:?}");
+    assert!(as_process.is_empty(), "piped init: {as_process:?}");
+
+    // The twin: a host log file as stdio is seen as a host file, and is reachable.
+    let id = lab.id();
+    lab.start(rt, &id, lab.spec(&id, &["sleep", "30"]));
+    let pid = rt.pid(&id).expect("pid").expect("running");
+    wait_for_exec(pid, "sleep");
+    let found = posture
+        .check_fds(pid, &FdPolicy::sandbox_process())
+        .expect("check");
+    let reopened = rt
+        .exec(&id, &["sh", "-c", "echo grown-from-inside >> /proc/1/fd/1"])
+        .expect("exec");
+    lab.stop(rt, &id);
+    let host_fds: Vec<u32> = found
+        .iter()
+        .filter_map(|m| match m {
+            Mismatch::HostFile { fd, .. } => Some(*fd),
+            _ => None,
+        })
+        .collect();
+    // stdin is /dev/null, which both runtimes leave as the sandbox's own: only the log shows.
+    assert_eq!(host_fds, vec![1, 2], "log-file init: {found:?}");
+    assert_eq!(
+        reopened, 0,
+        "the twin's attack failed, so it is mis-written"
+    );
+    assert!(
+        lab.log(&id).contains("grown-from-inside"),
+        "{}",
+        lab.log(&id)
+    );
 }
