@@ -15,11 +15,9 @@
 
 pub mod config;
 pub mod guest_log;
-pub mod host;
 pub mod layers;
 pub mod local;
 pub mod state;
 
 pub use config::AgentConfig;
-pub use host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 pub use local::{InitError, LocalAgent};

@@ -57,7 +57,7 @@
 //! runtime in `meta.json`, its token in `guest/token`, and its guest on `guest.sock` (the
 //! guest still holds the listening socket).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::DirBuilderExt;
@@ -67,6 +67,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hutch_cgroup::{CgroupFs, CgroupParent};
+use hutch_core::error::error_chain;
 use hutch_core::request::Runtime;
 use hutch_core::{Digest, SandboxId};
 use hutch_guest_client::{Endpoint, GuestClient};
@@ -81,9 +82,9 @@ use hutch_runtime::{
 
 use crate::config::AgentConfig;
 use crate::guest_log;
-use crate::host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 use crate::layers::{LayerCache, LayerError};
 use crate::state::{Meta, StateDir};
+use hutch_host::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 
 /// Where the guest binary appears inside every sandbox (read-only).
 pub const GUEST_PATH: &str = "/.hutch/guest";
@@ -171,6 +172,16 @@ where
     move |e| AgentError::Host {
         op,
         id,
+        source: Box::new(e),
+    }
+}
+
+fn host_wide_err<E>(op: &'static str) -> impl FnOnce(E) -> AgentError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| AgentError::HostWide {
+        op,
         source: Box::new(e),
     }
 }
@@ -595,18 +606,6 @@ impl LocalAgent {
     }
 }
 
-/// `e` and its sources, for log messages.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// What step 7 of a launch leaves for the async steps.
 struct Started {
     expected: Expected,
@@ -713,7 +712,7 @@ impl Inner {
         let mut steps = StepTimes::default();
         let t = std::time::Instant::now();
         // 3. meta, token, env.
-        let env = sandbox_env(launch);
+        let env = launch.environment();
         let meta = Meta {
             runtime: launch.runtime,
             template: launch.template.name.clone(),
@@ -1068,29 +1067,22 @@ impl Inner {
 
     /// Every sandbox id with a state dir, runtime container, cgroup or rootfs (blocking).
     fn held(&self) -> Result<Vec<SandboxId>, AgentError> {
-        // AgentError has no host-wide variant (the trait's shape is fixed): errors that concern
-        // no sandbox name the nil id.
-        let nil = nil_id();
         let mut names = BTreeSet::new();
         let entries =
-            fs::read_dir(&self.sandboxes_dir).map_err(host_err("list state dirs", &nil))?;
+            fs::read_dir(&self.sandboxes_dir).map_err(host_wide_err("list state dirs"))?;
         for e in entries.flatten() {
             names.insert(e.file_name().to_string_lossy().into_owned());
         }
         names.extend(
             self.rootfs
                 .list()
-                .map_err(host_err("list root filesystems", &nil))?,
+                .map_err(host_wide_err("list root filesystems"))?,
         );
-        names.extend(
-            self.cgroups
-                .list()
-                .map_err(host_err("list cgroups", &nil))?,
-        );
+        names.extend(self.cgroups.list().map_err(host_wide_err("list cgroups"))?);
         for (_, rt) in &self.runtimes {
             for c in rt
                 .list()
-                .map_err(host_err("list runtime containers", &nil))?
+                .map_err(host_wide_err("list runtime containers"))?
             {
                 names.insert(c.id);
             }
@@ -1106,13 +1098,6 @@ impl Inner {
             })
             .collect())
     }
-}
-
-/// The id errors name when they concern no sandbox (`sb` and zeros, which
-/// `SandboxId::generate` never yields in practice).
-fn nil_id() -> SandboxId {
-    SandboxId::parse(&format!("sb{}", "0".repeat(hutch_core::id::RANDOM_LEN)))
-        .unwrap_or_else(|_| SandboxId::generate())
 }
 
 /// `delete --force` (which kills a running container first); a missing one is done.
@@ -1290,22 +1275,12 @@ impl HostAgent for LocalAgent {
 
     async fn held(&self) -> Result<Vec<SandboxId>, AgentError> {
         let inner = self.inner.clone();
-        blocking(&nil_id(), move || inner.held()).await
+        tokio::task::spawn_blocking(move || inner.held())
+            .await
+            .map_err(host_wide_err("join a blocking task"))?
     }
 
     fn runtimes(&self) -> Vec<Runtime> {
         self.inner.runtimes.iter().map(|(r, _)| *r).collect()
     }
-}
-
-/// The environment every process of a sandbox gets: the request's plus the platform's
-/// names, which win. (Templates carry no environment of their own yet: `TemplateLayers` has
-/// no field for it.)
-pub fn sandbox_env(launch: &Launch) -> BTreeMap<String, String> {
-    let mut env = launch.env.clone();
-    env.insert("HUTCH_SANDBOX_ID".into(), launch.id.to_string());
-    env.insert("HUTCH_TEMPLATE".into(), launch.template.name.clone());
-    env.insert("E2B_SANDBOX".into(), "true".into());
-    env.insert("E2B_SANDBOX_ID".into(), launch.id.to_string());
-    env
 }

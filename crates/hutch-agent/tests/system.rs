@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hutch_agent::{AgentConfig, HostAgent, HostSandboxState, Launch, LocalAgent, TemplateLayers};
+use hutch_agent::{AgentConfig, LocalAgent};
 use hutch_core::request::{Resources, Runtime};
 use hutch_core::{SandboxId, WorkspaceId};
 use hutch_envd::process::process_event::{Event, data_event::Output};
 use hutch_envd::process::{ProcessConfig, StartRequest, StartResponse};
 use hutch_guest_client::GuestClient;
+use hutch_host::{HostAgent, HostSandboxState, Launch, TemplateLayers};
 use hutch_image::Builtin;
 use hutch_runtime::Isolation;
 use oci_spec::runtime::Capability;
@@ -468,7 +469,7 @@ async fn failed_launch_leaves_nothing() {
         started.elapsed()
     );
     assert!(
-        matches!(err, hutch_agent::AgentError::GuestNotReady { .. }),
+        matches!(err, hutch_host::AgentError::GuestNotReady { .. }),
         "{err:?}"
     );
     assert_nothing_left(&h, &id);
@@ -478,7 +479,7 @@ async fn failed_launch_leaves_nothing() {
     let id = l.id.clone();
     let err = h.agent.launch(l).await.expect_err("launch must fail");
     assert!(
-        matches!(err, hutch_agent::AgentError::RuntimeUnavailable(_)),
+        matches!(err, hutch_host::AgentError::RuntimeUnavailable(_)),
         "{err:?}"
     );
     assert_nothing_left(&h, &id);
@@ -489,7 +490,7 @@ async fn failed_launch_leaves_nothing() {
     let id = l.id.clone();
     let err = h.agent.launch(l).await.expect_err("launch must fail");
     assert!(
-        matches!(err, hutch_agent::AgentError::Template { .. }),
+        matches!(err, hutch_host::AgentError::Template { .. }),
         "{err:?}"
     );
     assert_nothing_left(&h, &id);
@@ -543,6 +544,14 @@ async fn hostile_syscalls_refused_through_the_guest() {
         assert_nothing_left(&h, &id);
         assert_nothing_left(&weak, &twin);
     }
+}
+
+/// `LocalAgent` passes the host conformance suite (the test agent passes it in the
+/// integration tier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_agent_conforms() {
+    let h = host().await;
+    hutch_host::conformance::run(&h.agent, &h.busybox, resources()).await;
 }
 
 /// A fork bomb is stopped at the pids limit and a neighbour stays responsive; the twin: the

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::{OPERATOR_KEY, Server, eventually, json_of};
 use futures::{SinkExt, StreamExt};
-use hutch_control::testing::ProcessAgent;
 use hutch_core::SandboxId;
+use hutch_host::testing::ProcessAgent;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
@@ -990,7 +990,7 @@ async fn a_client_leaving_mid_create_leaves_a_running_sandbox_or_nothing() {
     .await;
     let (_, list) = s.call(s.req(k, Method::GET, "/v1/sandboxes")).await;
     let rows = list["sandboxes"].as_array().expect("list").clone();
-    let held = hutch_agent::HostAgent::held(s.agent.as_ref())
+    let held = hutch_host::HostAgent::held(s.agent.as_ref())
         .await
         .expect("held");
     assert_eq!(rows.len(), held.len(), "rows {rows:?} vs host {held:?}");
@@ -1018,12 +1018,12 @@ async fn restart_recovers_live_fails_dead_and_destroys_leftovers() {
         .to_owned();
     // A leftover: host state no row knows about.
     let leftover = SandboxId::generate();
-    let launched = hutch_agent::HostAgent::launch(
+    let launched = hutch_host::HostAgent::launch(
         s.agent.as_ref(),
-        hutch_agent::Launch {
+        hutch_host::Launch {
             id: leftover.clone(),
             workspace: hutch_core::WorkspaceId::generate(),
-            template: hutch_agent::TemplateLayers {
+            template: hutch_host::TemplateLayers {
                 name: "busybox:latest".into(),
                 layers: vec![],
                 default_user: "root".into(),

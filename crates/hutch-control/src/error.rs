@@ -10,10 +10,10 @@
 //!
 //! The API crate maps [`ControlError::public`]'s code to an HTTP status in exactly one place.
 
-use hutch_agent::AgentError;
 use hutch_core::{Error, SandboxId};
 use hutch_envd::connect::Code;
 use hutch_guest_client::ClientError;
+use hutch_host::AgentError;
 use hutch_store::StoreError;
 
 /// A failed service call.
@@ -33,17 +33,8 @@ pub enum ControlError {
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;
 
-/// The error and its sources, joined for the log.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
+/// The error and its sources, joined for the log (one implementation, in hutch-core).
+pub use hutch_core::error::error_chain as chain;
 
 impl ControlError {
     /// What the client is told.

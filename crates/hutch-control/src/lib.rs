@@ -7,13 +7,12 @@
 //!   at start ([`sandboxes`]), with one async lock per sandbox and compare-and-swap state
 //!   changes (R12);
 //! - exec, files and PTY sessions, translated onto the sandbox's guest (`hutch-guest`, E2B's
-//!   envd protocol) through [`hutch_agent::HostAgent::guest`] ([`exec`], [`files`], [`pty`]);
+//!   envd protocol) through [`hutch_host::HostAgent::guest`] ([`exec`], [`files`], [`pty`]);
 //! - Prometheus metrics ([`metrics`]);
-//! - with feature `testing`, [`testing::ProcessAgent`], a host-agent test double.
 //!
 //! It must not: know about HTTP (the API crate extracts, authenticates and calls a method
 //! here with typed arguments, and maps [`ControlError`] to a status in one place); talk to a
-//! host other than through [`hutch_agent::HostAgent`]; trust a guest's replies (R15: every
+//! host other than through [`hutch_host::HostAgent`]; trust a guest's replies (R15: every
 //! one is bounded); hold unbounded output (R16); log or store a key's secret.
 //!
 //! Every service method takes a [`Caller`] (an authenticated principal and the request id),
@@ -32,15 +31,12 @@ pub mod pty;
 pub mod sandboxes;
 pub mod views;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hutch_agent::{HostAgent, TemplateLayers};
 use hutch_core::{Capacity, Principal, RequestId, SandboxId};
+use hutch_host::{HostAgent, TemplateLayers};
 use hutch_store::{Store, TemplateRecord};
 
 pub use admin::Bootstrap;

@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
-use hutch_agent::{AgentError, HostSandboxState, Launch};
 use hutch_core::key::ApiKeySecret;
 use hutch_core::request::limits::{TIMEOUT_S_MAX, TIMEOUT_S_MIN};
 use hutch_core::request::{valid_metadata_key, valid_metadata_value};
@@ -34,6 +33,7 @@ use hutch_core::{
     Action, CreateSandboxRequest, Error, Role, SandboxId, SandboxState, Scope, TemplateState,
     Timestamp, authorize, check_capacity, check_quota,
 };
+use hutch_host::{AgentError, HostSandboxState, Launch};
 use hutch_store::{
     AuditOutcome, NewAuditEntry, NewSandbox, PageRequest, SandboxFilter, SandboxRecord, Transition,
 };
@@ -84,7 +84,9 @@ fn launch_failure_reason(e: &AgentError) -> &'static str {
         AgentError::Capacity(_) => "the host had no room for the sandbox",
         AgentError::Posture { .. } => "the sandbox failed its security posture check",
         AgentError::GuestNotReady { .. } => "the sandbox's guest did not become ready",
-        AgentError::NotFound(_) | AgentError::Host { .. } => "the host could not start the sandbox",
+        AgentError::NotFound(_) | AgentError::Host { .. } | AgentError::HostWide { .. } => {
+            "the host could not start the sandbox"
+        }
     }
 }
 
@@ -266,7 +268,7 @@ impl Control {
     async fn finish_create(
         &self,
         record: SandboxRecord,
-        layers: hutch_agent::TemplateLayers,
+        layers: hutch_host::TemplateLayers,
         runtime: hutch_core::Runtime,
     ) -> Result<SandboxRecord> {
         let id = record.id.clone();

@@ -112,6 +112,19 @@ impl Error {
     }
 }
 
+/// An error and its sources joined with `: `, for log lines (never for clients: sources name
+/// host paths and errno strings).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

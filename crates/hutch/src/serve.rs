@@ -19,10 +19,11 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
-use hutch_agent::{HostAgent, LocalAgent, TemplateLayers, config::AgentConfig};
+use hutch_agent::{LocalAgent, config::AgentConfig};
 use hutch_blob::{BlobStore, ObjectBlobStore};
 use hutch_control::{Control, ControlConfig, LayerSource};
 use hutch_core::{Capacity, TemplateId, TemplateRef, TemplateState, Timestamp};
+use hutch_host::{HostAgent, TemplateLayers};
 use hutch_store::{
     NewTemplate, SqliteStore, Store, TemplateOwner, TemplateRecord, TemplateTransition,
 };

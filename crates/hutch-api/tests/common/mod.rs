@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hutch_control::testing::{ProcessAgent, guest_binary};
 use hutch_control::{Control, ControlConfig};
 use hutch_core::template::TemplateRef;
 use hutch_core::{Digest, TemplateId, TemplateState, Timestamp};
+use hutch_host::testing::{ProcessAgent, guest_binary};
 use hutch_store::{NewTemplate, SqliteStore, Store, TemplateOwner, TemplateTransition};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{Value, json};

@@ -1,15 +1,35 @@
-//! The interface between the control plane and a host agent.
+//! The host interface: how the control plane drives sandboxes on a host.
+//!
+//! Owns the [`HostAgent`] trait, the types that cross it ([`Launch`], [`Launched`],
+//! [`TemplateLayers`], [`HostSandboxState`], [`AgentError`]), the environment every sandbox
+//! process gets ([`Launch::environment`]), and, with feature `testing`, the suite every
+//! implementation passes ([`conformance::run`]) and a process-backed test agent
+//! ([`testing::ProcessAgent`]). Implementations: `hutch-agent`'s `LocalAgent` (this machine),
+//! the test agent, and later a remote agent speaking to `hutch agent` on another host.
+//!
+//! Must not: depend on any implementation (runtime, cgroups, root filesystems), or on the
+//! control plane; do IO outside the test agent and the suite.
+//!
+//! The contract, in the order a sandbox lives it:
 //!
 //! 1. `ensure_template` makes a template's layers present in the host cache.
 //! 2. `launch` creates a sandbox from the template's layers (fetching any the
 //!    cache lacks, kept from eviction from before the fetch) and returns only
 //!    when its guest answers `/health` and its posture checked out; on any
-//!    failure it leaves nothing behind.
+//!    failure it leaves nothing behind. A launch of an id the host already holds
+//!    fails and leaves that sandbox alone.
 //! 3. `guest` gives a client of the sandbox's guest (commands and files).
 //! 4. `destroy` removes every trace: processes, cgroups, mounts, upper dir,
 //!    runtime state; it is idempotent.
 //! 5. `inspect` and `held` let the control plane reconcile after a restart:
 //!    what runs, what died, what is left over.
+
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "testing")]
+pub mod conformance;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::BTreeMap;
 
@@ -42,6 +62,19 @@ pub struct Launch {
     pub env: BTreeMap<String, String>,
     /// The guest's access token (`X-Access-Token`).
     pub guest_token: String,
+}
+
+impl Launch {
+    /// The environment every process of the sandbox gets: the request's plus the platform's
+    /// names, which win. (Templates carry no environment of their own yet.)
+    pub fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert("HUTCH_SANDBOX_ID".into(), self.id.to_string());
+        env.insert("HUTCH_TEMPLATE".into(), self.template.name.clone());
+        env.insert("E2B_SANDBOX".into(), "true".into());
+        env.insert("E2B_SANDBOX_ID".into(), self.id.to_string());
+        env
+    }
 }
 
 /// A started sandbox.
@@ -86,6 +119,13 @@ pub enum AgentError {
     Host {
         op: &'static str,
         id: SandboxId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A host operation that concerns no one sandbox (listing what the host holds).
+    #[error("{op} on the host")]
+    HostWide {
+        op: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

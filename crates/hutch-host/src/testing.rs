@@ -20,8 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 use async_trait::async_trait;
-use hutch_agent::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
+use hutch_core::error::error_chain;
 use hutch_core::{Runtime, SandboxId};
 use hutch_guest_client::{Endpoint, GuestClient};
 
@@ -197,12 +198,7 @@ impl ProcessAgent {
             .arg(dir.join("token"))
             .arg("--workdir")
             .arg(dir.join("home"));
-        let mut env = launch.env.clone();
-        env.insert("HUTCH_SANDBOX_ID".into(), launch.id.to_string());
-        env.insert("HUTCH_TEMPLATE".into(), launch.template.name.clone());
-        env.insert("E2B_SANDBOX".into(), "true".into());
-        env.insert("E2B_SANDBOX_ID".into(), launch.id.to_string());
-        for (k, v) in env {
+        for (k, v) in launch.environment() {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }
         cmd.env_remove("HUTCH_GUEST_ACCESS_TOKEN")
@@ -228,7 +224,7 @@ impl ProcessAgent {
                 Err(e) if Instant::now() >= deadline => {
                     return Err(AgentError::GuestNotReady {
                         id: id.clone(),
-                        reason: crate::error::chain(&e),
+                        reason: error_chain(&e),
                     });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -269,6 +265,17 @@ impl HostAgent for ProcessAgent {
     async fn launch(&self, launch: Launch) -> Result<Launched, AgentError> {
         let id = launch.id.clone();
         let dir = self.dir_of(&id);
+        if !self.runtimes().contains(&launch.runtime) {
+            return Err(AgentError::RuntimeUnavailable(launch.runtime.to_string()));
+        }
+        // Another launch's sandbox: refuse and leave it alone (the contract of `launch`).
+        if dir.exists() {
+            return Err(host_err(
+                "claiming the sandbox directory",
+                &id,
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
         tokio::time::sleep(self.launch_delay).await;
         let started = self
             .write_fixture(&dir, &launch.guest_token)
@@ -332,9 +339,8 @@ impl HostAgent for ProcessAgent {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => {
-                return Err(AgentError::Host {
+                return Err(AgentError::HostWide {
                     op: "listing sandboxes",
-                    id: SandboxId::generate(),
                     source: Box::new(e),
                 });
             }
