@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use hutch_core::{JobId, Timestamp};
-use hutch_store::{JobKind, NewJob, SqliteStore, Store, conformance};
+use hutch_store::prelude::*;
+use hutch_store::{JobKind, NewJob, SqliteStore, conformance};
 
 async fn file_store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("tempdir");
