@@ -15,9 +15,12 @@
 
 pub mod config;
 pub mod guest_log;
+mod launch;
 pub mod layers;
 pub mod local;
+mod machine;
 pub mod state;
 
 pub use config::AgentConfig;
 pub use local::{InitError, LocalAgent};
+pub use machine::Parts;

@@ -36,12 +36,14 @@
 //! resolve paths inside a sandbox's tree, or run on the async runtime. All
 //! privileged calls go through [`HostOps`] ([`RealHostOps`] on a host,
 //! [`RecordingHostOps`] in unit tests). Everything here is blocking: callers
-//! use `spawn_blocking`.
+//! use `spawn_blocking`; the disk-image pool is refilled by a thread of its own ([`pool`]).
 
 mod manager;
 pub mod ops;
+pub mod pool;
 pub mod real;
 
 pub use manager::{PrepareSpec, Prepared, RootfsError, RootfsManager, valid_id};
 pub use ops::{Call, HostOps, LoopAttachment, OpError, OverlaySpec, RecordingHostOps};
+pub use pool::{POOL_DEPTH, PoolFiller};
 pub use real::RealHostOps;

@@ -72,6 +72,44 @@ pub trait HostOps: Send + Sync {
     fn loops_backed_under(&self, dir: &Path) -> Result<Vec<PathBuf>, OpError>;
 }
 
+/// Shared host operations (e.g. `Arc<dyn HostOps>` chosen at start, or a recording fake a
+/// test keeps a handle to) are host operations too.
+impl<T: HostOps + ?Sized> HostOps for std::sync::Arc<T> {
+    fn mkfs_ext4(&self, image: &Path) -> Result<(), OpError> {
+        (**self).mkfs_ext4(image)
+    }
+    fn loop_attach(&self, image: &Path) -> Result<LoopAttachment, OpError> {
+        (**self).loop_attach(image)
+    }
+    fn loop_detach(&self, device: &Path) -> Result<(), OpError> {
+        (**self).loop_detach(device)
+    }
+    fn mount_ext4(&self, device: &Path, target: &Path) -> Result<(), OpError> {
+        (**self).mount_ext4(device, target)
+    }
+    fn mount_overlay(&self, spec: &OverlaySpec) -> Result<(), OpError> {
+        (**self).mount_overlay(spec)
+    }
+    fn bind_mount_ro(&self, source: &Path, target: &Path) -> Result<(), OpError> {
+        (**self).bind_mount_ro(source, target)
+    }
+    fn unmount(&self, target: &Path, detach: bool) -> Result<(), OpError> {
+        (**self).unmount(target, detach)
+    }
+    fn set_mode(&self, path: &Path, mode: u32) -> Result<(), OpError> {
+        (**self).set_mode(path, mode)
+    }
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<(), OpError> {
+        (**self).set_owner(path, uid, gid)
+    }
+    fn mounts_under(&self, dir: &Path) -> Result<Vec<PathBuf>, OpError> {
+        (**self).mounts_under(dir)
+    }
+    fn loops_backed_under(&self, dir: &Path) -> Result<Vec<PathBuf>, OpError> {
+        (**self).loops_backed_under(dir)
+    }
+}
+
 /// One recorded call of [`RecordingHostOps`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
