@@ -146,6 +146,11 @@ impl LocalAgent {
         })
     }
 
+    #[cfg(test)]
+    pub(crate) fn machine(&self) -> &Arc<Machine> {
+        &self.machine
+    }
+
     /// Formats disk images of `disk_mb` MiB ahead of the first sandbox of
     /// that size (in the background; returns at once).
     pub fn warm_disk_pool(&self, disk_mb: u64) {

@@ -33,6 +33,9 @@ pub(crate) mod posture;
 pub(crate) mod rootfs;
 pub(crate) mod runtime;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
