@@ -24,7 +24,7 @@ use hutch_host::{AgentError, HostSandboxState};
 use hutch_rootfs::ops::HostOps;
 use hutch_rootfs::{PoolFiller, RootfsManager};
 use hutch_runtime::posture::{FdPolicy, Mismatch, Posture, PostureError};
-use hutch_runtime::{ContainerStatus, Runtime as OciRuntime, RuntimeError, RuntimeKind};
+use hutch_runtime::{ContainerStatus, OciRuntime, RuntimeError};
 
 use crate::config::AgentConfig;
 use crate::launch::host_err;
@@ -78,11 +78,10 @@ impl Parts {
                     source,
                 })?;
 
-        let default = match config.default_runtime {
-            Some(r) => Some(kind_of(r)),
-            None => RuntimeKind::default_for_host(),
-        };
-        let mut order = vec![RuntimeKind::Crun, RuntimeKind::Runc];
+        let default = config
+            .default_runtime
+            .or_else(hutch_runtime::default_for_host);
+        let mut order = vec![Runtime::Crun, Runtime::Runc];
         if let Some(d) = default {
             order.retain(|k| *k != d);
             order.insert(0, d);
@@ -90,9 +89,9 @@ impl Parts {
         let mut runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)> = Vec::new();
         let mut why = Vec::new();
         for kind in order {
-            let root = config.data_dir.join("runtime").join(kind.name());
-            match kind.open(&root, &cgroup_fs) {
-                Ok(rt) => runtimes.push((runtime_of(kind), Arc::from(rt))),
+            let root = config.data_dir.join("runtime").join(kind.as_str());
+            match hutch_runtime::open(kind, &root, &cgroup_fs) {
+                Ok(rt) => runtimes.push((kind, Arc::from(rt))),
                 Err(e) => why.push(e.to_string()),
             }
         }
@@ -330,21 +329,5 @@ where
     move |e| AgentError::HostWide {
         op,
         source: Box::new(e),
-    }
-}
-
-fn kind_of(r: Runtime) -> RuntimeKind {
-    match r {
-        Runtime::Crun => RuntimeKind::Crun,
-        Runtime::Runc => RuntimeKind::Runc,
-        Runtime::Runsc => RuntimeKind::Runsc,
-    }
-}
-
-fn runtime_of(k: RuntimeKind) -> Runtime {
-    match k {
-        RuntimeKind::Crun => Runtime::Crun,
-        RuntimeKind::Runc => Runtime::Runc,
-        RuntimeKind::Runsc => Runtime::Runsc,
     }
 }

@@ -926,9 +926,8 @@ async fn measure_launch_to_first_output() {
 
     let cgroups = hutch_cgroup::CgroupFs::system().expect("cgroups");
     let parent = cgroups.parent(CGROUP_PARENT).expect("parent");
-    let crun = hutch_runtime::RuntimeKind::Crun
-        .open(h.dir.path().join("bare-crun"), &cgroups)
-        .expect("crun");
+    let crun =
+        hutch_runtime::open(Runtime::Crun, h.dir.path().join("bare-crun"), &cgroups).expect("crun");
     let rootfs = h.agent.layer_dir(&h.busybox.layers[0]);
     let mut times = Vec::new();
     for _ in 0..n {

@@ -21,8 +21,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use hutch_cgroup::CgroupFs;
+use hutch_core::Runtime;
 use hutch_runtime::{
-    ContainerIo, RuntimeKind,
+    ContainerIo,
     spec::{CpuLimit, Isolation, SandboxSpec},
 };
 use serde_json::{Value, json};
@@ -264,7 +265,7 @@ async fn one_figure(
     which: crate::Only,
 ) -> anyhow::Result<()> {
     let cg = CgroupFs::system()?;
-    let crun = RuntimeKind::Crun.open(tmp.join("crun"), &cg)?;
+    let crun = hutch_runtime::open(Runtime::Crun, tmp.join("crun"), &cg)?;
     let layer = busybox_layer(&server.data)?;
     let bundles = tmp.join("bundles");
     println!("| figure | Hutch | baseline (same run) | ratio | target |");
@@ -300,7 +301,7 @@ fn ratio_row(figure: &str, hutch: &Samples, baseline: &str, base: &Samples, targ
 /// Create → first output through the API against `crun run` of the same rootfs.
 async fn create_figure(
     api: &Api,
-    crun: &dyn hutch_runtime::Runtime,
+    crun: &dyn hutch_runtime::OciRuntime,
     bundles: &Path,
     layer: &Path,
     n: usize,
@@ -348,7 +349,7 @@ fn create_row(n: usize, create: &Samples, bare: &Samples) {
 /// Exec round trips through the API against `crun exec` in a bare container.
 async fn exec_figure(
     api: &Api,
-    crun: &dyn hutch_runtime::Runtime,
+    crun: &dyn hutch_runtime::OciRuntime,
     bundles: &Path,
     layer: &Path,
     iterations: usize,
@@ -394,7 +395,7 @@ async fn measure(
     iterations: usize,
 ) -> anyhow::Result<()> {
     let cg = CgroupFs::system()?;
-    let crun = RuntimeKind::Crun.open(tmp.join("crun"), &cg)?;
+    let crun = hutch_runtime::open(Runtime::Crun, tmp.join("crun"), &cg)?;
     let bundles = tmp.join("bundles");
     let layer = busybox_layer(&server.data)?;
     let n = iterations.clamp(5, 50);
@@ -433,7 +434,7 @@ async fn measure(
     for i in 0..50 {
         let id = format!("par{i}");
         let b = bare_bundle(&bundles, &layer, &id, &["/bin/echo", "hi"])?;
-        let rt = RuntimeKind::Crun.open(tmp.join("crun"), &cg)?;
+        let rt = hutch_runtime::open(Runtime::Crun, tmp.join("crun"), &cg)?;
         bare_tasks.push(std::thread::spawn(move || {
             rt.run_to_exit(&id, &b, &ContainerIo::Null, Duration::from_secs(60))
         }));

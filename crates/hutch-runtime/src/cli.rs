@@ -27,10 +27,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hutch_cgroup::CgroupFs;
+use hutch_core::Runtime;
 
 use crate::runtime::{
-    ContainerInfo, ContainerIo, ContainerStatus, Runtime, RuntimeError, RuntimeKind, Signal,
-    validate_id,
+    ContainerInfo, ContainerIo, ContainerStatus, OciRuntime, RuntimeError, Signal, validate_id,
 };
 
 /// Longest runtime error text kept in an error.
@@ -48,14 +48,14 @@ pub enum Launch {
 /// Runs one OCI runtime binary with a fixed `--root`.
 #[derive(Debug, Clone)]
 pub struct CliDriver {
-    kind: RuntimeKind,
+    kind: Runtime,
     binary: PathBuf,
     root: PathBuf,
     launch: Launch,
 }
 
 impl CliDriver {
-    fn new(kind: RuntimeKind, binary: PathBuf, root: PathBuf, launch: Launch) -> Self {
+    fn new(kind: Runtime, binary: PathBuf, root: PathBuf, launch: Launch) -> Self {
         Self {
             kind,
             binary,
@@ -71,7 +71,7 @@ impl CliDriver {
     fn command(&self) -> Result<Command, RuntimeError> {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
-        if self.kind == RuntimeKind::Crun {
+        if self.kind == Runtime::Crun {
             cmd.arg("--cgroup-manager=cgroupfs");
         }
         cmd.stdin(Stdio::null());
@@ -251,7 +251,7 @@ impl CliDriver {
 
     fn run_to_exit(
         &self,
-        rt: &dyn Runtime,
+        rt: &dyn OciRuntime,
         id: &str,
         bundle: &Path,
         io: &ContainerIo,
@@ -371,7 +371,7 @@ impl CliDriver {
 
     fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let args: &[&str] = match self.kind {
-            RuntimeKind::Crun => &["list", "--format=json"],
+            Runtime::Crun => &["list", "--format=json"],
             _ => &["list", "--format", "json"],
         };
         let out = self.output("list", "", args)?;
@@ -405,11 +405,7 @@ struct RawState {
 }
 
 impl RawState {
-    fn into_info(
-        self,
-        runtime: RuntimeKind,
-        op: &'static str,
-    ) -> Result<ContainerInfo, RuntimeError> {
+    fn into_info(self, runtime: Runtime, op: &'static str) -> Result<ContainerInfo, RuntimeError> {
         let status = ContainerStatus::parse(&self.status).ok_or_else(|| RuntimeError::Parse {
             runtime,
             op,
@@ -511,13 +507,13 @@ fn find_binary(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn resolve_binary(kind: RuntimeKind, binary: Option<PathBuf>) -> Result<PathBuf, RuntimeError> {
+fn resolve_binary(kind: Runtime, binary: Option<PathBuf>) -> Result<PathBuf, RuntimeError> {
     binary
-        .or_else(|| find_binary(kind.name()))
+        .or_else(|| find_binary(kind.as_str()))
         .filter(|p| p.is_file())
         .ok_or_else(|| RuntimeError::Unavailable {
             runtime: kind,
-            reason: format!("`{}` binary not found in PATH", kind.name()),
+            reason: format!("`{}` binary not found in PATH", kind.as_str()),
         })
 }
 
@@ -536,8 +532,8 @@ fn create_root(root: &Path) -> Result<(), RuntimeError> {
 
 macro_rules! delegate_runtime {
     ($ty:ty) => {
-        impl Runtime for $ty {
-            fn kind(&self) -> RuntimeKind {
+        impl OciRuntime for $ty {
+            fn kind(&self) -> Runtime {
                 self.0.kind
             }
             fn state_root(&self) -> &Path {
@@ -612,19 +608,14 @@ impl Crun {
         root: impl Into<PathBuf>,
         cgroups: &CgroupFs,
     ) -> Result<Self, RuntimeError> {
-        let binary = resolve_binary(RuntimeKind::Crun, binary)?;
+        let binary = resolve_binary(Runtime::Crun, binary)?;
         let root = root.into();
         create_root(&root)?;
         let launch = crun_launch(cgroups).map_err(|e| RuntimeError::Unavailable {
-            runtime: RuntimeKind::Crun,
+            runtime: Runtime::Crun,
             reason: format!("cannot read cgroup layout: {e}"),
         })?;
-        Ok(Self(CliDriver::new(
-            RuntimeKind::Crun,
-            binary,
-            root,
-            launch,
-        )))
+        Ok(Self(CliDriver::new(Runtime::Crun, binary, root, launch)))
     }
 
     /// Like [`Crun::new`] with an explicit launch mode (benchmarks compare them).
@@ -633,15 +624,10 @@ impl Crun {
         root: impl Into<PathBuf>,
         launch: Launch,
     ) -> Result<Self, RuntimeError> {
-        let binary = resolve_binary(RuntimeKind::Crun, binary)?;
+        let binary = resolve_binary(Runtime::Crun, binary)?;
         let root = root.into();
         create_root(&root)?;
-        Ok(Self(CliDriver::new(
-            RuntimeKind::Crun,
-            binary,
-            root,
-            launch,
-        )))
+        Ok(Self(CliDriver::new(Runtime::Crun, binary, root, launch)))
     }
 
     pub fn launch(&self) -> &Launch {
@@ -670,11 +656,11 @@ pub struct Runc(CliDriver);
 impl Runc {
     /// runc from `binary` (or `PATH`) with its state under `root`.
     pub fn new(binary: Option<PathBuf>, root: impl Into<PathBuf>) -> Result<Self, RuntimeError> {
-        let binary = resolve_binary(RuntimeKind::Runc, binary)?;
+        let binary = resolve_binary(Runtime::Runc, binary)?;
         let root = root.into();
         create_root(&root)?;
         Ok(Self(CliDriver::new(
-            RuntimeKind::Runc,
+            Runtime::Runc,
             binary,
             root,
             Launch::Direct,
@@ -684,38 +670,34 @@ impl Runc {
 
 delegate_runtime!(Runc);
 
-impl RuntimeKind {
-    /// crun when its binary runs here, else runc when its binary runs, else `None`. On a hybrid
-    /// cgroup host crun is usable through the launch workaround, so it stays the default.
-    pub fn default_for_host() -> Option<RuntimeKind> {
-        [RuntimeKind::Crun, RuntimeKind::Runc]
-            .into_iter()
-            .find(|k| {
-                find_binary(k.name()).is_some_and(|b| {
-                    Command::new(b)
-                        .arg("--version")
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .is_ok_and(|s| s.success())
-                })
-            })
-    }
+/// crun when its binary runs here, else runc when its binary runs, else `None`. On a hybrid
+/// cgroup host crun is usable through the launch workaround, so it stays the default.
+pub fn default_for_host() -> Option<Runtime> {
+    [Runtime::Crun, Runtime::Runc].into_iter().find(|k| {
+        find_binary(k.as_str()).is_some_and(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+}
 
-    /// Opens this kind's backend with its state under `root`.
-    pub fn open(
-        self,
-        root: impl Into<PathBuf>,
-        cgroups: &CgroupFs,
-    ) -> Result<Box<dyn Runtime>, RuntimeError> {
-        match self {
-            RuntimeKind::Crun => Ok(Box::new(Crun::new(None, root, cgroups)?)),
-            RuntimeKind::Runc => Ok(Box::new(Runc::new(None, root)?)),
-            RuntimeKind::Runsc => Err(RuntimeError::Unavailable {
-                runtime: self,
-                reason: "the runsc backend is not implemented yet".into(),
-            }),
-        }
+/// Opens `runtime`'s backend with its state under `root`.
+pub fn open(
+    runtime: Runtime,
+    root: impl Into<PathBuf>,
+    cgroups: &CgroupFs,
+) -> Result<Box<dyn OciRuntime>, RuntimeError> {
+    match runtime {
+        Runtime::Crun => Ok(Box::new(Crun::new(None, root, cgroups)?)),
+        Runtime::Runc => Ok(Box::new(Runc::new(None, root)?)),
+        Runtime::Runsc => Err(RuntimeError::Unavailable {
+            runtime,
+            reason: "the runsc backend is not implemented yet".into(),
+        }),
     }
 }
 
@@ -729,19 +711,19 @@ mod tests {
             r#"{"ociVersion":"1.0.2","id":"a1","pid":0,"status":"stopped","bundle":"/b","rootfs":"/b/r","created":"x","owner":""}"#,
         )
         .expect("json");
-        let info = raw.into_info(RuntimeKind::Runc, "state").expect("info");
+        let info = raw.into_info(Runtime::Runc, "state").expect("info");
         assert_eq!(info.status, ContainerStatus::Stopped);
         assert_eq!(info.pid, None);
         let raw: RawState =
             serde_json::from_str(r#"{"id":"a1","pid":42,"status":"running","bundle":"/b"}"#)
                 .expect("json");
         assert_eq!(
-            raw.into_info(RuntimeKind::Crun, "state").expect("info").pid,
+            raw.into_info(Runtime::Crun, "state").expect("info").pid,
             Some(42)
         );
         let raw: RawState =
             serde_json::from_str(r#"{"id":"a1","pid":1,"status":"zombie"}"#).expect("json");
-        assert!(raw.into_info(RuntimeKind::Crun, "state").is_err());
+        assert!(raw.into_info(Runtime::Crun, "state").is_err());
     }
 
     #[test]
@@ -753,7 +735,7 @@ mod tests {
     #[test]
     fn not_found_is_recognised_for_both_runtimes() {
         let d = CliDriver::new(
-            RuntimeKind::Crun,
+            Runtime::Crun,
             "/usr/bin/crun".into(),
             "/run/hutch/crun".into(),
             Launch::Direct,

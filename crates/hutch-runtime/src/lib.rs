@@ -6,7 +6,7 @@
 //! - [`bundle`]: `config.json` with the isolation defaults of DESIGN §3 (namespaces, minimal
 //!   capabilities, `no_new_privs`, masked/read-only paths, devices, rlimits, cgroup limits);
 //! - [`seccomp`]: the allowlist profile and the errno of each refusal;
-//! - [`runtime`] and [`cli`]: the [`Runtime`] trait and its crun and runc backends, each with
+//! - [`runtime`] and [`cli`]: the [`OciRuntime`] trait and its crun and runc backends, each with
 //!   its state under a `--root` given by the caller;
 //! - [`posture`]: checking a started sandbox from outside (R17).
 //!
@@ -22,9 +22,9 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 
-pub use cli::{Crun, Launch, Runc};
+pub use cli::{Crun, Launch, Runc, default_for_host, open};
 pub use runtime::{
-    CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, MAX_PRESERVED_FDS, Runtime,
-    RuntimeError, RuntimeKind, Signal,
+    CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, MAX_PRESERVED_FDS, OciRuntime,
+    RuntimeError, Signal,
 };
 pub use spec::{BindMount, CpuLimit, Isolation, SandboxSpec, SpecError, TmpfsMount, ValidSpec};

@@ -1,4 +1,4 @@
-//! The [`Runtime`] trait: one OCI runtime backend (crun, runc; runsc later) driven through its
+//! The [`OciRuntime`] trait: one OCI runtime backend (crun, runc; runsc later) driven through its
 //! command line.
 //!
 //! Every method blocks on a child process: call them from `spawn_blocking` or a thread of their
@@ -6,44 +6,10 @@
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
+
+use hutch_core::Runtime;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Which runtime backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RuntimeKind {
-    Crun,
-    Runc,
-    /// gVisor; not implemented yet.
-    Runsc,
-}
-
-impl RuntimeKind {
-    /// The name of the runtime's binary and of the kind in configuration and the API.
-    pub fn name(self) -> &'static str {
-        match self {
-            RuntimeKind::Crun => "crun",
-            RuntimeKind::Runc => "runc",
-            RuntimeKind::Runsc => "runsc",
-        }
-    }
-
-    /// Parses `crun`, `runc` or `runsc`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "crun" => Some(RuntimeKind::Crun),
-            "runc" => Some(RuntimeKind::Runc),
-            "runsc" => Some(RuntimeKind::Runsc),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for RuntimeKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A container's lifecycle status as the runtime reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +61,10 @@ pub enum ContainerIo {
     Pipe(std::sync::Arc<std::os::fd::OwnedFd>),
 }
 
-/// Most descriptors [`Runtime::create_with_fds`] passes.
+/// Most descriptors [`OciRuntime::create_with_fds`] passes.
 pub const MAX_PRESERVED_FDS: usize = 8;
 
-/// A signal to deliver with [`Runtime::kill`].
+/// A signal to deliver with [`OciRuntime::kill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Signal(pub i32);
 
@@ -128,7 +94,7 @@ pub enum RuntimeError {
     },
     #[error("{runtime} {op} {id}: exit {status}: {detail}")]
     Failed {
-        runtime: RuntimeKind,
+        runtime: Runtime,
         op: &'static str,
         id: String,
         status: String,
@@ -137,26 +103,20 @@ pub enum RuntimeError {
     },
     #[error("{runtime} {op}: container {id} does not exist")]
     NotFound {
-        runtime: RuntimeKind,
+        runtime: Runtime,
         op: &'static str,
         id: String,
     },
     #[error("{runtime} {op}: unexpected output: {reason}")]
     Parse {
-        runtime: RuntimeKind,
+        runtime: Runtime,
         op: &'static str,
         reason: String,
     },
     #[error("{runtime} does not support {op} on this host")]
-    Unsupported {
-        runtime: RuntimeKind,
-        op: &'static str,
-    },
+    Unsupported { runtime: Runtime, op: &'static str },
     #[error("{runtime} is not usable here: {reason}")]
-    Unavailable {
-        runtime: RuntimeKind,
-        reason: String,
-    },
+    Unavailable { runtime: Runtime, reason: String },
     #[error("invalid container id {id:?}: [a-z0-9] and 1..=64 long")]
     InvalidId { id: String },
     #[error("{op} {path}")]
@@ -172,17 +132,17 @@ pub enum RuntimeError {
 ///
 /// Container ids are `[a-z0-9]{1,64}` (Hutch ids). Backends are shaped alike so a shared
 /// conformance suite runs against each (`tests/conformance`).
-pub trait Runtime: Send + Sync + fmt::Debug {
-    fn kind(&self) -> RuntimeKind;
+pub trait OciRuntime: Send + Sync + fmt::Debug {
+    fn kind(&self) -> Runtime;
 
     /// The `--root` state directory of this runtime instance.
     fn state_root(&self) -> &Path;
 
     /// Creates the container from `bundle` (runtime `create`): namespaces, cgroup and mounts
-    /// are set up and the process waits for [`Runtime::start`].
+    /// are set up and the process waits for [`OciRuntime::start`].
     fn create(&self, id: &str, bundle: &Path, io: &ContainerIo) -> Result<(), RuntimeError>;
 
-    /// Like [`Runtime::create`], also handing `fds` to the container's process as descriptors
+    /// Like [`OciRuntime::create`], also handing `fds` to the container's process as descriptors
     /// 3, 4, ... (the runtimes' `--preserve-fds`), e.g. a listening socket bound by the caller
     /// in a directory the sandbox never sees. At most [`MAX_PRESERVED_FDS`]. The caller keeps
     /// its own copies; close them once this returns.
@@ -210,7 +170,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
         self.run_detached_with_fds(id, bundle, io, &[])
     }
 
-    /// [`Runtime::run_detached`] with descriptors passed as in [`Runtime::create_with_fds`].
+    /// [`OciRuntime::run_detached`] with descriptors passed as in [`OciRuntime::create_with_fds`].
     fn run_detached_with_fds(
         &self,
         id: &str,
@@ -276,7 +236,7 @@ pub trait Runtime: Send + Sync + fmt::Debug {
         })
     }
 
-    /// Restores a container dumped with [`Runtime::checkpoint`].
+    /// Restores a container dumped with [`OciRuntime::checkpoint`].
     fn restore(
         &self,
         id: &str,

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hutch_cgroup::CgroupFs;
-use hutch_runtime::{ContainerIo, Crun, Launch, Runc, Runtime, RuntimeKind};
+use hutch_core::Runtime;
+use hutch_runtime::{ContainerIo, Crun, Launch, OciRuntime, Runc};
 
 fn require_root() {
     assert!(
@@ -53,8 +54,8 @@ fn runc_conformance() {
 #[test]
 fn default_runtime_for_this_host_is_crun() {
     assert_eq!(
-        RuntimeKind::default_for_host(),
-        Some(RuntimeKind::Crun),
+        hutch_runtime::default_for_host(),
+        Some(Runtime::Crun),
         "prerequisite missing: crun (apt-get install crun)"
     );
 }
@@ -87,7 +88,7 @@ fn crun_without_the_workaround_fails_on_a_hybrid_host() {
 }
 
 /// Median latency of `run_to_exit` of `/bin/true`, printed for the report.
-fn median_run(rt: &dyn Runtime, lab: &conformance::Lab, n: usize) -> Duration {
+fn median_run(rt: &dyn OciRuntime, lab: &conformance::Lab, n: usize) -> Duration {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let id = lab.id();

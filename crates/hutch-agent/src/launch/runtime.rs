@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use hutch_core::SandboxId;
 use hutch_host::AgentError;
-use hutch_runtime::{ContainerIo, Runtime as OciRuntime, RuntimeError, Signal};
+use hutch_runtime::{ContainerIo, OciRuntime, RuntimeError, Signal};
 
 use super::{Cx, Step, blocking, host_err};
 use crate::guest_log;

@@ -20,8 +20,7 @@ use hutch_rootfs::ops::RecordingHostOps;
 use hutch_runtime::bundle::{capabilities_of, capability_mask};
 use hutch_runtime::posture::Posture as PostureReader;
 use hutch_runtime::{
-    ContainerInfo, ContainerIo, ContainerStatus, Runtime as OciRuntime, RuntimeError, RuntimeKind,
-    Signal,
+    ContainerInfo, ContainerIo, ContainerStatus, OciRuntime, RuntimeError, Signal,
 };
 
 use super::{Cx, STEPS, Step, run, unwind};
@@ -65,8 +64,8 @@ impl FakeRuntime {
 }
 
 impl OciRuntime for FakeRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Crun
+    fn kind(&self) -> Runtime {
+        Runtime::Crun
     }
 
     fn state_root(&self) -> &Path {
@@ -136,7 +135,7 @@ impl OciRuntime for FakeRuntime {
             .contains_key(id);
         if !running {
             return Err(RuntimeError::NotFound {
-                runtime: RuntimeKind::Crun,
+                runtime: Runtime::Crun,
                 op: "state",
                 id: id.to_owned(),
             });
@@ -163,7 +162,7 @@ impl OciRuntime for FakeRuntime {
             self.failing_deletes
                 .store(failing - 1, std::sync::atomic::Ordering::Relaxed);
             return Err(RuntimeError::Failed {
-                runtime: RuntimeKind::Crun,
+                runtime: Runtime::Crun,
                 op: "delete",
                 id: id.to_owned(),
                 status: "exit status 1".into(),
@@ -182,7 +181,7 @@ impl OciRuntime for FakeRuntime {
                 Ok(())
             }
             None => Err(RuntimeError::NotFound {
-                runtime: RuntimeKind::Crun,
+                runtime: Runtime::Crun,
                 op: "delete",
                 id: id.to_owned(),
             }),

@@ -1,4 +1,4 @@
-//! The runtime conformance suite: plain functions taking `&dyn Runtime` (STYLE.md 2), run by
+//! The runtime conformance suite: plain functions taking `&dyn OciRuntime` (STYLE.md 2), run by
 //! `tests/system.rs` against every backend. Each negative security check has its positive twin
 //! in the same function: the same attack with the protection off must succeed.
 
@@ -14,8 +14,8 @@ use hutch_cgroup::{CgroupFs, CgroupParent};
 use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy, Mismatch, Posture};
 use hutch_runtime::{
-    ContainerIo, ContainerStatus, CpuLimit, Isolation, Runtime, RuntimeError, SandboxSpec, Signal,
-    TmpfsMount, ValidSpec,
+    ContainerIo, ContainerStatus, CpuLimit, Isolation, OciRuntime, RuntimeError, SandboxSpec,
+    Signal, TmpfsMount, ValidSpec,
 };
 use oci_spec::runtime::Capability;
 
@@ -114,7 +114,7 @@ impl Lab {
 
     /// Runs `spec` to completion; returns its exit code and combined output. Its cgroup is
     /// removed afterwards.
-    pub fn run(&self, rt: &dyn Runtime, id: &str, spec: SandboxSpec) -> (i32, String) {
+    pub fn run(&self, rt: &dyn OciRuntime, id: &str, spec: SandboxSpec) -> (i32, String) {
         let (bundle, _) = self.bundle(id, spec);
         let log = self.dir.path().join(format!("{id}.log"));
         let code = rt
@@ -135,7 +135,7 @@ impl Lab {
     }
 
     /// Starts `spec` detached (stdio to a log file).
-    pub fn start(&self, rt: &dyn Runtime, id: &str, spec: SandboxSpec) -> ValidSpec {
+    pub fn start(&self, rt: &dyn OciRuntime, id: &str, spec: SandboxSpec) -> ValidSpec {
         let (bundle, valid) = self.bundle(id, spec);
         let log = self.dir.path().join(format!("{id}.log"));
         rt.run_detached(id, &bundle, &ContainerIo::LogFile(log))
@@ -148,7 +148,7 @@ impl Lab {
     }
 
     /// Kills, deletes and removes the cgroup of a detached container; asserts nothing is left.
-    pub fn stop(&self, rt: &dyn Runtime, id: &str) {
+    pub fn stop(&self, rt: &dyn OciRuntime, id: &str) {
         rt.kill(id, Signal::KILL, true).expect("kill");
         wait_until(|| matches!(rt.state(id), Ok(s) if s.status == ContainerStatus::Stopped));
         rt.delete(id, false).expect("delete");
@@ -200,7 +200,7 @@ fn weak(seccomp: bool, caps: &[Capability], paths: bool) -> Isolation {
 }
 
 /// A check of the suite.
-pub type Check = fn(&dyn Runtime, &Lab);
+pub type Check = fn(&dyn OciRuntime, &Lab);
 
 /// Every check, by name.
 pub const CHECKS: &[(&str, Check)] = &[
@@ -227,7 +227,7 @@ pub const CHECKS: &[(&str, Check)] = &[
 
 /// Runs every check against `rt`, each isolated from the others' panics; panics listing the
 /// failed checks.
-pub fn run_all(rt: &dyn Runtime) {
+pub fn run_all(rt: &dyn OciRuntime) {
     let lab = Lab::new(&format!("{}", rt.kind()));
     let mut failed = Vec::new();
     for (name, check) in CHECKS {
@@ -250,7 +250,7 @@ pub fn run_all(rt: &dyn Runtime) {
     );
 }
 
-pub fn lifecycle_state_list_kill_delete(rt: &dyn Runtime, lab: &Lab) {
+pub fn lifecycle_state_list_kill_delete(rt: &dyn OciRuntime, lab: &Lab) {
     let id = lab.id();
     lab.start(rt, &id, lab.spec(&id, &["sleep", "30"]));
     let info = rt.state(&id).expect("state");
@@ -301,7 +301,7 @@ fn expected_for(spec: &ValidSpec, seccomp_mode: u8) -> Expected {
     }
 }
 
-pub fn posture_from_outside(rt: &dyn Runtime, lab: &Lab) {
+pub fn posture_from_outside(rt: &dyn OciRuntime, lab: &Lab) {
     let posture = Posture::system();
     // Positive: the default posture is what the bundle asked for.
     let id = lab.id();
@@ -348,7 +348,7 @@ pub fn posture_from_outside(rt: &dyn Runtime, lab: &Lab) {
     );
 }
 
-fn probe(rt: &dyn Runtime, lab: &Lab, isolation: Isolation) -> HashMap<String, i32> {
+fn probe(rt: &dyn OciRuntime, lab: &Lab, isolation: Isolation) -> HashMap<String, i32> {
     let id = lab.id();
     let mut spec = lab.spec(&id, &["/bin/probe", "all"]);
     spec.isolation = isolation;
@@ -362,7 +362,7 @@ fn probe(rt: &dyn Runtime, lab: &Lab, isolation: Isolation) -> HashMap<String, i
         .collect()
 }
 
-pub fn seccomp_errnos(rt: &dyn Runtime, lab: &Lab) {
+pub fn seccomp_errnos(rt: &dyn OciRuntime, lab: &Lab) {
     use libc::{EAFNOSUPPORT, ENOSYS, EPERM, EPROTONOSUPPORT};
     let on = probe(rt, lab, Isolation::default());
     let expected: &[(&str, i32)] = &[
@@ -449,7 +449,7 @@ pub fn seccomp_errnos(rt: &dyn Runtime, lab: &Lab) {
     );
 }
 
-pub fn user_namespace_refused(rt: &dyn Runtime, lab: &Lab) {
+pub fn user_namespace_refused(rt: &dyn OciRuntime, lab: &Lab) {
     let id = lab.id();
     let (code, out) = lab.run(rt, &id, lab.spec(&id, &["unshare", "-U", "true"]));
     assert_ne!(code, 0, "unshare -U succeeded under the profile: {out}");
@@ -462,7 +462,7 @@ pub fn user_namespace_refused(rt: &dyn Runtime, lab: &Lab) {
     assert_eq!(code, 0, "unshare -U without seccomp: {out}");
 }
 
-pub fn mount_refused(rt: &dyn Runtime, lab: &Lab) {
+pub fn mount_refused(rt: &dyn OciRuntime, lab: &Lab) {
     let cmd = ["mount", "-t", "tmpfs", "none", "/mnt"];
     let id = lab.id();
     let (code, out) = lab.run(rt, &id, lab.spec(&id, &cmd));
@@ -479,7 +479,7 @@ pub fn mount_refused(rt: &dyn Runtime, lab: &Lab) {
     assert_eq!(code, 0, "mount with SYS_ADMIN, no seccomp: {out}");
 }
 
-pub fn proc_sys_read_only(rt: &dyn Runtime, lab: &Lab) {
+pub fn proc_sys_read_only(rt: &dyn OciRuntime, lab: &Lab) {
     let cmd = [
         "sh",
         "-c",
@@ -502,7 +502,7 @@ pub fn proc_sys_read_only(rt: &dyn Runtime, lab: &Lab) {
     );
 }
 
-pub fn memory_limit_oom_kills(rt: &dyn Runtime, lab: &Lab) {
+pub fn memory_limit_oom_kills(rt: &dyn OciRuntime, lab: &Lab) {
     // dd's 64 MiB buffer is filled from /dev/zero: with a 32 MiB limit the kernel kills it.
     let hog = [
         "sh",
@@ -530,7 +530,7 @@ pub fn memory_limit_oom_kills(rt: &dyn Runtime, lab: &Lab) {
     }
 }
 
-pub fn pids_limit_stops_fork_bomb(rt: &dyn Runtime, lab: &Lab) {
+pub fn pids_limit_stops_fork_bomb(rt: &dyn OciRuntime, lab: &Lab) {
     let bomb = [
         "sh",
         "-c",
@@ -555,7 +555,7 @@ pub fn pids_limit_stops_fork_bomb(rt: &dyn Runtime, lab: &Lab) {
 
 /// A descriptor passed with `create_with_fds` is fd 3 of the container's process; without it
 /// (the positive twin) fd 3 is not open there.
-pub fn preserved_fds_reach_the_process(rt: &dyn Runtime, lab: &Lab) {
+pub fn preserved_fds_reach_the_process(rt: &dyn OciRuntime, lab: &Lab) {
     use std::io::Read;
     use std::os::fd::AsFd;
     let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
@@ -597,7 +597,7 @@ pub fn preserved_fds_reach_the_process(rt: &dyn Runtime, lab: &Lab) {
 /// process finds nothing. The twin: with a host log file ([`ContainerIo::LogFile`]) the same
 /// check reports its stdio as host files, and root inside reopens the file through
 /// `/proc/1/fd/1` and grows it (the hole of a dumpable init holding a host file).
-pub fn piped_stdio_holds_no_host_file(rt: &dyn Runtime, lab: &Lab) {
+pub fn piped_stdio_holds_no_host_file(rt: &dyn OciRuntime, lab: &Lab) {
     use std::io::Read;
     use std::os::fd::OwnedFd;
     use std::sync::Arc;
