@@ -26,14 +26,15 @@
 //! runtime in `meta.json`, its token in `guest/token`, and its guest on `guest.sock` (the
 //! guest still holds the listening socket).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use hutch_core::error::error_chain;
+use hutch_core::locks::KeyedLocks;
 use hutch_core::request::Runtime;
 use hutch_core::{Digest, SandboxId};
 use hutch_guest_client::{Endpoint, GuestClient};
@@ -88,7 +89,7 @@ pub enum InitError {
 pub struct LocalAgent {
     machine: Arc<Machine>,
     /// One lock per sandbox id: launch and destroy of one id never overlap.
-    locks: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks<SandboxId, tokio::sync::Mutex<()>>,
 }
 
 fn mkdir_private(path: &Path) -> Result<(), InitError> {
@@ -142,7 +143,7 @@ impl LocalAgent {
                 disk_pool,
                 parts,
             )),
-            locks: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
         })
     }
 
@@ -304,9 +305,7 @@ impl LocalAgent {
     }
 
     fn lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks.entry(id.clone()).or_default().clone()
+        self.locks.of(id)
     }
 }
 

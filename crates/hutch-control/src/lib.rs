@@ -31,10 +31,10 @@ pub mod pty;
 pub mod sandboxes;
 pub mod views;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use hutch_core::locks::KeyedLocks;
 use hutch_core::{Capacity, Principal, RequestId, SandboxId};
 use hutch_host::{HostAgent, TemplateLayers};
 use hutch_store::{Store, TemplateRecord};
@@ -117,7 +117,8 @@ struct Inner {
     store: Arc<dyn Store>,
     agent: Arc<dyn HostAgent>,
     config: ControlConfig,
-    locks: Locks,
+    /// One async lock per sandbox: operations on a sandbox run one at a time (R12).
+    locks: KeyedLocks<SandboxId, tokio::sync::Mutex<()>>,
     /// Serialises the quota and capacity check with the insert that consumes it.
     admission: tokio::sync::Mutex<()>,
     metrics: Metrics,
@@ -146,7 +147,7 @@ impl Control {
                 store,
                 agent,
                 config,
-                locks: Locks::default(),
+                locks: KeyedLocks::default(),
                 admission: tokio::sync::Mutex::new(()),
                 metrics: Metrics::new(),
                 audit_writes: Arc::default(),
@@ -171,23 +172,4 @@ impl Control {
     /// Activity on a sandbox (exec, files, PTY). The idle clock of the sleep/wake work hooks
     /// in here; today it does nothing.
     fn touch(&self, _id: &SandboxId) {}
-}
-
-/// One async lock per sandbox: operations on a sandbox run one at a time (R12).
-#[derive(Default)]
-struct Locks(Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>);
-
-impl Locks {
-    fn of(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.entry(id.clone()).or_default().clone()
-    }
-
-    /// Drops the lock of a sandbox that no longer exists (if nobody else holds it).
-    fn forget(&self, id: &SandboxId) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
-            map.remove(id);
-        }
-    }
 }

@@ -9,8 +9,8 @@
 //! 3. take the sandbox's lock and hand the launch to a spawned task: the caller awaits it, but
 //!    if the caller goes away (client disconnect) the task still finishes: `running`, or
 //!    `failed` with a reason and nothing left on the host;
-//! 4. the task: `ensure_template`, `launch` (returns once the guest answers), then
-//!    CAS `creating → running`. On any failure: `destroy`, then CAS `creating → failed`.
+//! 4. the task: `launch` (makes the template's layers present, returns once the guest
+//!    answers), then CAS `creating → running`. On any failure: `destroy`, then CAS `creating → failed`.
 //!
 //! Delete ([`Control::delete_sandbox`], also used by the sweeper and workspace deletion):
 //! detached the same way, under the sandbox's lock: CAS to `stopping`, `destroy` on the host,
@@ -275,17 +275,14 @@ impl Control {
         let launch = Launch {
             id: id.clone(),
             workspace: record.workspace_id.clone(),
-            template: layers.clone(),
+            template: layers,
             resources: record.spec.resources,
             runtime,
             env: record.spec.env.clone(),
             guest_token: ApiKeySecret::generate().expose().to_owned(),
         };
-        let launched = async {
-            self.agent().ensure_template(&layers).await?;
-            self.agent().launch(launch).await
-        }
-        .await;
+        // The launch makes the template's layers present itself (its first step).
+        let launched = self.agent().launch(launch).await;
         match launched {
             Ok(_) => {
                 let t = Transition {
@@ -411,8 +408,6 @@ impl Control {
         let lock = self.inner.locks.of(id);
         let guard = lock.lock().await;
         let Some(mut record) = self.store().get_sandbox_unscoped(id).await? else {
-            drop(guard);
-            self.inner.locks.forget(id);
             return Ok(());
         };
         if record.state != SandboxState::Stopped {
@@ -446,7 +441,6 @@ impl Control {
         self.inner.rows.forget(id);
         deleted?;
         drop(guard);
-        self.inner.locks.forget(id);
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub mod digest;
 pub mod error;
 pub mod id;
 pub mod key;
+pub mod locks;
 pub mod quota;
 pub mod request;
 pub mod sandbox;
