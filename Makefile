@@ -9,12 +9,13 @@ GUEST_BIN := target/$(HOST_TARGET)/guest/hutch-guest
 DATA_DIR ?= /var/lib/hutch
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: help setup build guest run test bench fmt lint fuzz
+.PHONY: help setup build guest run test test-quick bench fmt lint fuzz
 
 help:
 	@echo "make run    install what Hutch needs, build, start hutch serve"
 	@echo "make test   install what the tests need, run every test tier"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
+	@echo "make test-quick  unit and integration tiers only, no root needed"
 
 setup:
 	@scripts/setup.sh
@@ -31,6 +32,10 @@ run: setup build
 
 test: setup guest
 	HUTCH_GUEST_STATIC_BIN=$(abspath $(GUEST_BIN)) scripts/test.sh
+
+# The unit and integration tiers (no root, no runtimes): for quick loops while developing.
+test-quick:
+	scripts/test-quick.sh
 
 bench: setup guest
 	HUTCH_GUEST_STATIC_BIN=$(abspath $(GUEST_BIN)) scripts/bench.sh
