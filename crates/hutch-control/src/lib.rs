@@ -29,6 +29,7 @@ pub mod files;
 pub mod metrics;
 pub mod pty;
 pub mod sandboxes;
+pub mod templates;
 pub mod views;
 
 use std::sync::Arc;
@@ -36,12 +37,13 @@ use std::time::Duration;
 
 use hutch_core::locks::KeyedLocks;
 use hutch_core::{Capacity, Principal, RequestId, SandboxId};
-use hutch_host::{HostAgent, TemplateLayers};
-use hutch_store::{Store, TemplateRecord};
+use hutch_host::HostAgent;
+use hutch_store::Store;
 
 pub use admin::Bootstrap;
 pub use error::{ControlError, Result};
 pub use metrics::Metrics;
+pub use templates::{LayerSource, ManifestLayers};
 
 /// Settings of the control plane.
 #[derive(Clone)]
@@ -73,30 +75,6 @@ impl Default for ControlConfig {
             exec_output_cap: 1 << 20,
             layers: Arc::new(ManifestLayers),
         }
-    }
-}
-
-/// Where a template's layer list comes from. The template builder owns the real answer (the
-/// layer manifest in the blob store); until it is wired in, [`ManifestLayers`] passes the
-/// manifest digest as the one layer and lets the agent resolve it.
-#[async_trait::async_trait]
-pub trait LayerSource: Send + Sync {
-    async fn layers(&self, template: &TemplateRecord) -> Result<TemplateLayers>;
-}
-
-/// The default [`LayerSource`]: the template's manifest digest as its only layer, `root` as
-/// its user.
-pub struct ManifestLayers;
-
-#[async_trait::async_trait]
-impl LayerSource for ManifestLayers {
-    async fn layers(&self, t: &TemplateRecord) -> Result<TemplateLayers> {
-        Ok(TemplateLayers {
-            name: t.reference.to_string(),
-            layers: t.digest.into_iter().collect(),
-            default_user: "root".to_owned(),
-            default_workdir: None,
-        })
     }
 }
 

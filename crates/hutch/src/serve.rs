@@ -15,18 +15,16 @@
 //!    generated), reconcile the store with the host, start the sweeper.
 //! 6. Bind the listener, print the URL, serve until SIGTERM or SIGINT.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use clap::Args;
 use hutch_agent::{LocalAgent, config::AgentConfig};
 use hutch_blob::{BlobStore, ObjectBlobStore};
-use hutch_control::{Control, ControlConfig, LayerSource};
-use hutch_core::{Capacity, TemplateId, TemplateRef, TemplateState, Timestamp};
-use hutch_host::{HostAgent, TemplateLayers};
-use hutch_store::{
-    NewTemplate, SqliteStore, Store, TemplateOwner, TemplateRecord, TemplateTransition,
-};
+use hutch_control::{Control, ControlConfig};
+use hutch_core::Capacity;
+use hutch_host::HostAgent;
+use hutch_store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -76,67 +74,6 @@ pub struct ServeArgs {
     /// to (disk images are sparse: only what is written takes space).
     #[arg(long, env = "HUTCH_OVERCOMMIT_DISK", default_value_t = 4)]
     pub overcommit_disk: u64,
-}
-
-/// Built-in templates by name: their layers as this host built them.
-struct BuiltinLayers(HashMap<String, TemplateLayers>);
-
-#[async_trait::async_trait]
-impl LayerSource for BuiltinLayers {
-    async fn layers(&self, t: &TemplateRecord) -> hutch_control::Result<TemplateLayers> {
-        self.0
-            .get(&t.reference.to_string())
-            .cloned()
-            .ok_or_else(|| {
-                hutch_control::ControlError::from(hutch_core::Error::Unavailable(format!(
-                    "template {} has no layers on this host",
-                    t.reference
-                )))
-            })
-    }
-}
-
-/// Registers a built-in template as a ready platform template (idempotent).
-async fn register_builtin(store: &dyn Store, layers: &TemplateLayers) -> anyhow::Result<()> {
-    let reference = TemplateRef::parse(&layers.name)
-        .with_context(|| format!("template name {}", layers.name))?;
-    let digest = layers.layers.last().copied();
-    let existing = store.find_platform_template(&reference).await?;
-    let record = match existing {
-        Some(r) if r.state == TemplateState::Ready => return Ok(()),
-        Some(r) => r,
-        None => {
-            store
-                .insert_template(NewTemplate {
-                    id: TemplateId::generate(),
-                    owner: TemplateOwner::Platform,
-                    reference: reference.clone(),
-                    created_by: None,
-                    now: Timestamp::now(),
-                })
-                .await?
-        }
-    };
-    let mut state = record.state;
-    for to in [TemplateState::Building, TemplateState::Ready] {
-        if state.can_become(to) {
-            store
-                .transition_template(
-                    &record.id,
-                    TemplateTransition {
-                        from: state,
-                        to,
-                        digest,
-                        reason: None,
-                        now: Timestamp::now(),
-                    },
-                )
-                .await
-                .with_context(|| format!("registering template {reference}"))?;
-            state = to;
-        }
-    }
-    Ok(())
 }
 
 /// What this host can hold: its cores, memory and the data dir's disk, each
@@ -212,11 +149,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .ensure_builtin_templates(progress)
         .await
         .context("building the built-in templates")?;
-    let mut by_name = HashMap::new();
-    for t in builtins {
-        register_builtin(store.as_ref(), &t).await?;
-        say(&format!("hutch: template {} ready", t.name));
-        by_name.insert(TemplateRef::parse(&t.name)?.to_string(), t);
+    let names: Vec<String> = builtins.iter().map(|t| t.name.clone()).collect();
+    let builtin_layers = hutch_control::templates::builtin::register(store.as_ref(), builtins)
+        .await
+        .context("registering the built-in templates")?;
+    for name in names {
+        say(&format!("hutch: template {name} ready"));
     }
 
     // Disk images for sandboxes of the default size, formatted ahead.
@@ -232,7 +170,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .ok()
                 .filter(|k| !k.is_empty()),
             capacity: host_capacity(&args, max_sandboxes),
-            layers: Arc::new(BuiltinLayers(by_name)),
+            layers: Arc::new(builtin_layers),
             ..ControlConfig::default()
         },
     );
