@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub template_build: BuildConfig,
     /// Most sandboxes this host runs at once.
     pub max_sandboxes: usize,
+    /// How many times the host's cores, memory and data-dir disk sandboxes' limits may add
+    /// up to (limits are ceilings, not reservations; disk images are sparse).
+    pub overcommit: Overcommit,
     /// How long a launch waits for the guest to answer `/health`.
     pub guest_ready_timeout: Duration,
     /// The sandbox's isolation. Always [`Isolation::default`] outside tests: security tests
@@ -76,8 +79,29 @@ impl AgentConfig {
             template_cache_dir: PathBuf::from(hutch_image::template::DEFAULT_CACHE_DIR),
             template_build: BuildConfig::default(),
             max_sandboxes: 1000,
+            overcommit: Overcommit::default(),
             guest_ready_timeout: Duration::from_secs(10),
             isolation: Isolation::default(),
+        }
+    }
+}
+
+/// Overcommit factors of a host's capacity (see [`AgentConfig::overcommit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overcommit {
+    pub cpu: u64,
+    pub memory: u64,
+    pub disk: u64,
+}
+
+impl Default for Overcommit {
+    /// 1000 one-CPU sandboxes on two cores; 1000 sandboxes of 512 MB in 24 GiB; sparse disk
+    /// images four times the data dir.
+    fn default() -> Self {
+        Overcommit {
+            cpu: 500,
+            memory: 24,
+            disk: 4,
         }
     }
 }

@@ -21,6 +21,6 @@ pub mod local;
 mod machine;
 pub mod state;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, Overcommit};
 pub use local::{InitError, LocalAgent};
 pub use machine::Parts;

@@ -460,4 +460,8 @@ impl HostAgent for LocalAgent {
     fn runtimes(&self) -> Vec<Runtime> {
         self.machine.runtimes.iter().map(|(r, _)| *r).collect()
     }
+
+    fn capacity(&self) -> hutch_core::Capacity {
+        self.machine.capacity
+    }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use hutch_cgroup::{CgroupFs, CgroupParent};
 use hutch_core::error::error_chain;
 use hutch_core::request::Runtime;
-use hutch_core::{Digest, SandboxId};
+use hutch_core::{Capacity, Digest, SandboxId};
 use hutch_guest_client::GuestClient;
 use hutch_host::{AgentError, HostSandboxState};
 use hutch_rootfs::ops::HostOps;
@@ -124,6 +124,8 @@ pub(crate) struct Machine {
     /// Usable runtimes, the default first.
     pub runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)>,
     pub posture: Posture,
+    /// What this host can hold, for the control plane's admission.
+    pub capacity: Capacity,
     /// A client of each sandbox's guest seen since start (its token is also in the state
     /// dir). Kept so that calls reuse the client's pooled connections: a new connection per
     /// exec cost a connect and an accept on the guest's side.
@@ -146,7 +148,9 @@ impl Machine {
         disk_pool: PoolFiller,
         parts: Parts,
     ) -> Machine {
+        let capacity = host_capacity(&config);
         Machine {
+            capacity,
             config,
             sandboxes_dir,
             layers,
@@ -329,5 +333,32 @@ where
     move |e| AgentError::HostWide {
         op,
         source: Box::new(e),
+    }
+}
+
+/// What this host can hold: its cores, memory (`MemTotal` of the configured proc root) and
+/// the data dir's disk, each times its overcommit factor, and `max_sandboxes`.
+fn host_capacity(config: &AgentConfig) -> Capacity {
+    let memory_mb = fs::read_to_string(config.proc_root.join("meminfo"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(1024);
+    let disk_mb = rustix::fs::statvfs(&config.data_dir)
+        .map(|s| s.f_blocks * s.f_frsize / (1 << 20))
+        .unwrap_or(1 << 20);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let o = config.overcommit;
+    Capacity {
+        max_sandboxes: u32::try_from(config.max_sandboxes).unwrap_or(u32::MAX),
+        cpu_millis: cores * 1000 * o.cpu.max(1),
+        memory_mb: memory_mb * o.memory.max(1),
+        disk_mb: disk_mb * o.disk.max(1),
     }
 }

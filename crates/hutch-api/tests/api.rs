@@ -847,7 +847,19 @@ async fn another_workspaces_sandbox_is_404_on_every_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_429_and_capacity_503() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = Server::start_at(dir.path(), |c| c.capacity.max_sandboxes = 3, |a| a).await;
+    let s = Server::start_at(
+        dir.path(),
+        |_| {},
+        |a| {
+            a.with_capacity(hutch_core::Capacity {
+                max_sandboxes: 3,
+                cpu_millis: 1_000_000,
+                memory_mb: 1 << 20,
+                disk_mb: 1 << 24,
+            })
+        },
+    )
+    .await;
     let (ws, _, member) = s.workspace("small").await;
     let (st, q) = s
         .call(

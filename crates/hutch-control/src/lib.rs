@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hutch_core::locks::KeyedLocks;
-use hutch_core::{Capacity, Principal, RequestId, SandboxId};
+use hutch_core::{Principal, RequestId, SandboxId};
 use hutch_host::HostAgent;
 use hutch_store::Store;
 
@@ -51,8 +51,6 @@ pub struct ControlConfig {
     /// `HUTCH_ADMIN_KEY`: on first start, the operator's key. `None`: one is generated and
     /// returned once by [`Control::start`].
     pub admin_key: Option<String>,
-    /// What this (single) host may hold in total; checked at create (503 when full).
-    pub capacity: Capacity,
     /// How often the sweeper looks for expired sandboxes.
     pub sweep_interval: Duration,
     /// Most stdout (and, separately, stderr) bytes kept by `exec` with `wait: true`.
@@ -65,12 +63,6 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             admin_key: None,
-            capacity: Capacity {
-                max_sandboxes: 1000,
-                cpu_millis: 1_000_000,
-                memory_mb: 1 << 20,
-                disk_mb: 1 << 24,
-            },
             sweep_interval: Duration::from_secs(5),
             exec_output_cap: 1 << 20,
             layers: Arc::new(ManifestLayers),

@@ -235,7 +235,7 @@ impl Control {
             let usage = self.store().workspace_usage(&ws).await?;
             check_quota(&workspace.quota, &usage, &spec.resources)?;
             let total = self.store().total_usage().await?;
-            check_capacity(&self.inner.config.capacity, &total, &spec.resources)?;
+            check_capacity(&self.agent().capacity(), &total, &spec.resources)?;
             let record = self
                 .store()
                 .insert_sandbox(NewSandbox {

@@ -4,7 +4,8 @@
 //!
 //! What it checks, in order, each step on sandboxes of its own (fresh ids):
 //!
-//! 1. `runtimes` is not empty; `ensure_template` of the given template succeeds, twice.
+//! 1. `runtimes` is not empty, `capacity` has room for something; `ensure_template` of the
+//!    given template succeeds, twice.
 //! 2. An id the host never saw: `inspect` says `Missing`, `guest` is `NotFound`, `destroy`
 //!    succeeds and changes nothing.
 //! 3. `launch` returns the sandbox's id and runtime; then `inspect` says `Running`, `held`
@@ -50,6 +51,10 @@ async fn steps(
     let Some(&runtime) = runtimes.first() else {
         return Err("step 1: runtimes() is empty".into());
     };
+    let room = agent.capacity();
+    if room.max_sandboxes == 0 || room.cpu_millis == 0 || room.memory_mb == 0 || room.disk_mb == 0 {
+        return Err(format!("step 1: capacity() has no room: {room:?}"));
+    }
     for _ in 0..2 {
         agent
             .ensure_template(template)

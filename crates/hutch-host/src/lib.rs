@@ -34,7 +34,7 @@ pub mod testing;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use hutch_core::{Digest, SandboxId, WorkspaceId, request::Resources, request::Runtime};
+use hutch_core::{Capacity, Digest, SandboxId, WorkspaceId, request::Resources, request::Runtime};
 use hutch_guest_client::GuestClient;
 
 /// A template as the host needs it: its layers, lowest first.
@@ -149,4 +149,7 @@ pub trait HostAgent: Send + Sync {
     async fn held(&self) -> Result<Vec<SandboxId>, AgentError>;
     /// Runtimes usable on this host, default first.
     fn runtimes(&self) -> Vec<Runtime>;
+    /// What this host can hold in total. The control plane admits each create against it
+    /// (with its own count of what the host holds): capacity is checked there and only there.
+    fn capacity(&self) -> Capacity;
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::{AgentError, HostAgent, HostSandboxState, Launch, Launched, TemplateLayers};
 use async_trait::async_trait;
 use hutch_core::error::error_chain;
-use hutch_core::{Runtime, SandboxId};
+use hutch_core::{Capacity, Runtime, SandboxId};
 use hutch_guest_client::{Endpoint, GuestClient};
 
 fn children() -> &'static Mutex<HashMap<u32, Child>> {
@@ -70,6 +70,7 @@ pub struct ProcessAgent {
     guest_bin: PathBuf,
     root: PathBuf,
     launch_delay: Duration,
+    capacity: Capacity,
 }
 
 fn host_err(
@@ -91,7 +92,19 @@ impl ProcessAgent {
             guest_bin,
             root,
             launch_delay: Duration::ZERO,
+            capacity: Capacity {
+                max_sandboxes: 1000,
+                cpu_millis: 1_000_000,
+                memory_mb: 1 << 20,
+                disk_mb: 1 << 24,
+            },
         }
+    }
+
+    /// Reports `capacity` as what this host can hold (to test admission).
+    pub fn with_capacity(mut self, capacity: Capacity) -> Self {
+        self.capacity = capacity;
+        self
     }
 
     /// Makes every launch take at least `d` (to test clients that give up mid-create).
@@ -359,5 +372,9 @@ impl HostAgent for ProcessAgent {
 
     fn runtimes(&self) -> Vec<Runtime> {
         vec![Runtime::Crun, Runtime::Runc]
+    }
+
+    fn capacity(&self) -> Capacity {
+        self.capacity
     }
 }

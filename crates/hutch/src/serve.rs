@@ -22,7 +22,6 @@ use clap::Args;
 use hutch_agent::{LocalAgent, config::AgentConfig};
 use hutch_blob::{BlobStore, ObjectBlobStore};
 use hutch_control::{Control, ControlConfig};
-use hutch_core::Capacity;
 use hutch_host::HostAgent;
 use hutch_store::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
@@ -76,32 +75,6 @@ pub struct ServeArgs {
     pub overcommit_disk: u64,
 }
 
-/// What this host can hold: its cores, memory and the data dir's disk, each
-/// times its overcommit factor, and the agent's sandbox count.
-fn host_capacity(args: &ServeArgs, max_sandboxes: u32) -> Capacity {
-    let memory_mb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map(|kib| kib / 1024)
-        .unwrap_or(1024);
-    let disk_mb = rustix::fs::statvfs(&args.data_dir)
-        .map(|s| s.f_blocks * s.f_frsize / (1 << 20))
-        .unwrap_or(1 << 20);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as u64)
-        .unwrap_or(1);
-    Capacity {
-        max_sandboxes,
-        cpu_millis: cores * 1000 * args.overcommit_cpu.max(1),
-        memory_mb: memory_mb * args.overcommit_memory.max(1),
-        disk_mb: disk_mb * args.overcommit_disk.max(1),
-    }
-}
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     raise_nofile();
@@ -136,7 +109,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.favor_cgroup_dynmods = args.cgroup_favor_dynmods;
     config.template_cache_dir = args.template_cache.clone();
     config.cgroup_parent = args.cgroup_parent.clone();
-    let max_sandboxes = config.max_sandboxes as u32;
+    config.overcommit = hutch_agent::Overcommit {
+        cpu: args.overcommit_cpu,
+        memory: args.overcommit_memory,
+        disk: args.overcommit_disk,
+    };
     let agent = Arc::new(LocalAgent::new(config).context("starting the host agent")?);
 
     // 4. Built-in templates.
@@ -169,7 +146,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             admin_key: std::env::var("HUTCH_ADMIN_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
-            capacity: host_capacity(&args, max_sandboxes),
             layers: Arc::new(builtin_layers),
             ..ControlConfig::default()
         },

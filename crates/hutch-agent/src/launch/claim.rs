@@ -1,4 +1,5 @@
-//! Step 2, claim: the runtime is usable here, the host has room, every layer is cached; then
+//! Step 2, claim: the runtime is usable here and every layer is cached (whether the host has
+//! room is the control plane's admission, against [`hutch_host::HostAgent::capacity`]); then
 //! `sandboxes/<id>/` is created (0700) and written: `meta.json` (runtime, template, layers:
 //! what a restarted agent needs), the guest's token and env files.
 //!
@@ -32,15 +33,6 @@ impl Step for Claim {
             let id = &launch.id;
             if m.runtime(launch.runtime).is_none() {
                 return Err(AgentError::RuntimeUnavailable(launch.runtime.to_string()));
-            }
-            let held = std::fs::read_dir(&m.sandboxes_dir)
-                .map_err(host_err("count sandboxes", id))?
-                .count();
-            if held >= m.config.max_sandboxes {
-                return Err(AgentError::Capacity(format!(
-                    "{held} of {} sandboxes",
-                    m.config.max_sandboxes
-                )));
             }
             // Pinned by the layers step before they were fetched: no eviction took them since.
             for layer in &launch.template.layers {

@@ -3,7 +3,7 @@
 //! [`STEPS`], in order (each module says what its step does and undoes):
 //!
 //! 1. [`layers`]: pin the template's layers against eviction, fetch any the cache lacks.
-//! 2. [`claim`]: check the runtime and the host's room, take `sandboxes/<id>/` (0700; if it
+//! 2. [`claim`]: check the runtime and the layers, take `sandboxes/<id>/` (0700; if it
 //!    exists it belongs to another launch and nothing is touched), write `meta.json`, the
 //!    guest's token and env.
 //! 3. [`rootfs`]: overlay over the layers, upper dir on an ext4 image of `disk_mb`.
