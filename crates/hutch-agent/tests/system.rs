@@ -33,26 +33,11 @@ const CGROUP_PARENT: &str = "hutch-agent-test";
 const OOM_KILLED_ERROR: &str = "out of memory: killed by the OOM killer";
 
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: hutch-agent system tests need root (CI runs as root)"
-    );
+    hutch_testkit::require_root("hutch-agent system tests (sandboxes)");
 }
 
 fn guest_bin() -> PathBuf {
-    let path = std::env::var_os("HUTCH_GUEST_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/x86_64-unknown-linux-gnu/guest/hutch-guest")
-        });
-    assert!(
-        path.is_file(),
-        "prerequisite missing: the static guest binary {} (run `make guest`, or set \
-         HUTCH_GUEST_STATIC_BIN)",
-        path.display()
-    );
-    path
+    hutch_testkit::static_guest_bin()
 }
 
 /// One agent on a fresh data dir, with the busybox template cached. Dropping it (also when

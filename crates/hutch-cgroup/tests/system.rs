@@ -7,10 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: hutch-cgroup system tests need root (run as root; CI does)"
-    );
+    hutch_testkit::require_root("hutch-cgroup system tests (cgroup writes)");
 }
 
 #[test]

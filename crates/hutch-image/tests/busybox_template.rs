@@ -12,14 +12,8 @@ use hutch_image::{BuildConfig, Builtin, TemplateCache, UnpackOptions, unpack};
 
 #[test]
 fn busybox_template_builds_caches_unpacks_and_runs() {
-    assert!(
-        std::path::Path::new("/bin/busybox").is_file(),
-        "prerequisite missing: /bin/busybox (apt-get install busybox-static; make setup)"
-    );
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: root (chroot)"
-    );
+    hutch_testkit::require_file("/bin/busybox", "apt-get install busybox-static; make setup");
+    hutch_testkit::require_root("chroot");
     let cache_dir = tempfile::tempdir().unwrap();
     let cache = TemplateCache::new(cache_dir.path(), BuildConfig::default());
     let mut lines = Vec::new();

@@ -26,10 +26,7 @@ fn chroot(root: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 fn debian12_template_builds_with_progress_and_runs_python() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: root (mmdebstrap, chroot)"
-    );
+    hutch_testkit::require_root("mmdebstrap and chroot");
     let found = Command::new("mmdebstrap").arg("--version").output();
     assert!(
         found.is_ok_and(|o| o.status.success()),

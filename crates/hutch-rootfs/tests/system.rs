@@ -12,10 +12,7 @@ use hutch_image::{BuildConfig, Builtin, TemplateCache, UnpackOptions, unpack};
 use hutch_rootfs::{HostOps, PrepareSpec, RealHostOps, RootfsManager};
 
 fn prerequisites() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: root (mount, loop devices)"
-    );
+    hutch_testkit::require_root("mounts and loop devices");
     assert!(
         Path::new("/dev/loop-control").exists(),
         "prerequisite missing: /dev/loop-control (loop module)"

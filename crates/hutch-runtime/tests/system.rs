@@ -13,10 +13,7 @@ use hutch_core::Runtime;
 use hutch_runtime::{ContainerIo, Crun, Launch, OciRuntime, Runc};
 
 fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: hutch-runtime system tests need root (CI runs as root)"
-    );
+    hutch_testkit::require_root("hutch-runtime system tests (OCI runtimes)");
 }
 
 fn state_root(kind: &str) -> tempfile::TempDir {

@@ -26,29 +26,12 @@ const PARENT: &str = "hutch-e2e";
 const KEY: &str = "hk_e2etestkey0123456789abcdefghijklmn";
 
 fn guest_bin() -> PathBuf {
-    let p = std::env::var_os("HUTCH_GUEST_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/x86_64-unknown-linux-gnu/guest/hutch-guest")
-        });
-    assert!(
-        p.is_file(),
-        "prerequisite missing: the static guest binary {} (run `make guest`)",
-        p.display()
-    );
-    p
+    hutch_testkit::static_guest_bin()
 }
 
 fn prerequisites() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "prerequisite missing: root (sandboxes need it)"
-    );
-    assert!(
-        Path::new("/usr/bin/crun").exists(),
-        "prerequisite missing: crun (run `make setup`)"
-    );
+    hutch_testkit::require_root("sandboxes");
+    hutch_testkit::require_file("/usr/bin/crun", "run `make setup`");
 }
 
 struct Server {
