@@ -4,13 +4,13 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use hutch_control::views::page;
-use hutch_control::views::{
-    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, QuotaBody, TemplateList,
+use hutch_api_types::{
+    AuditList, CreateKey, CreateWorkspace, CreatedKey, ErrorBody, KeyList, QuotaBody, TemplateList,
     WorkspaceList, WorkspaceView,
 };
+use hutch_control::views::page;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{AppState, Auth, JsonBody, Query};
 
 #[utoipa::path(get, path = "/v1/templates", tag = "templates",

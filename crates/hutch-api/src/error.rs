@@ -8,20 +8,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hutch_api_types::ErrorBody;
 use hutch_control::ControlError;
 use hutch_core::{Error, ErrorCode};
-use serde::Serialize;
-
-/// The body of every error reply.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Stable, machine-readable: `invalid_input`, `unauthenticated`, `forbidden`, `not_found`,
-    /// `conflict`, `payload_too_large`, `quota_exceeded`, `capacity_exhausted`, `unavailable`,
-    /// `internal`.
-    pub code: String,
-    /// About the request, for people.
-    pub message: String,
-}
 
 /// Set on error responses so the request middleware can count errors by code.
 #[derive(Debug, Clone, Copy)]

@@ -9,8 +9,9 @@
 //! `docs/openapi.json`.
 //!
 //! It must not: decide anything (authorisation, validation beyond parsing, lifecycle: all in
-//! `hutch-control` and `hutch-core`), send a platform failure's details to a client, or log a
-//! key (headers are never logged).
+//! `hutch-control` and `hutch-core`), define a JSON shape of its own (request bodies and views
+//! are `hutch-api-types`'), send a platform failure's details to a client, or log a key
+//! (headers are never logged).
 //!
 //! A request's path through here:
 //! 1. [`extract::request_context`] gives it an id and a tracing span;

@@ -1,8 +1,6 @@
 //! Sandbox routes: lifecycle, exec, PTY and files. Each handler extracts, authenticates and
 //! calls one `Control` method with typed arguments.
 
-use std::collections::BTreeMap;
-
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
@@ -11,47 +9,21 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, extract::Request};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use hutch_control::exec::{ExecEvent, ExecRequest, ExecResult};
-use hutch_control::files::{FileEntry, FileList, MakeDir, MoveFile};
+use hutch_api_types::{
+    CreateSandboxRequest, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileEntry, FileList,
+    MakeDir, MoveFile, PtyControl, SandboxList, SandboxView, TimeoutRequest,
+};
 use hutch_control::pty::{PtyEvent, PtyInput, PtyOutput, PtyRequest};
 use hutch_control::sandboxes::ListSandboxes;
-use hutch_control::views::{SandboxList, SandboxView, TimeoutRequest};
-use hutch_core::CreateSandboxRequest;
-use serde::Deserialize;
 
-use crate::error::{ApiError, ErrorBody};
+use crate::error::ApiError;
 use crate::extract::{AppState, Auth, JsonBody, Query};
 
 /// The largest exec request (stdin may be 16 MiB, JSON-escaped).
 pub const EXEC_LIMIT: usize = 40 << 20;
 
-/// `POST /v1/sandboxes`, for the OpenAPI document (parsed as `hutch_core::CreateSandboxRequest`).
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct CreateSandboxBody {
-    /// Template `name[:tag]` (default tag `latest`).
-    pub template: String,
-    /// CPUs, 0.1 to 64 in steps of 0.001 (default 1).
-    pub cpu: Option<f64>,
-    /// 32 to 262144 (default 512).
-    pub memory_mb: Option<u64>,
-    /// 64 to 1048576 (default 1024).
-    pub disk_mb: Option<u64>,
-    /// 16 to 65536 (default 256).
-    pub pids: Option<u64>,
-    /// Environment of every process; `HUTCH_*`, `E2B_SANDBOX` and `E2B_SANDBOX_ID` are reserved.
-    pub env: Option<BTreeMap<String, String>>,
-    /// Labels to filter lists by.
-    pub metadata: Option<BTreeMap<String, String>>,
-    /// `crun`, `runc` or `runsc` (default: the host's).
-    pub runtime: Option<String>,
-    /// Life in seconds, 1 to 2592000 (default 300).
-    pub timeout_s: Option<u64>,
-}
-
 #[utoipa::path(post, path = "/v1/sandboxes", tag = "sandboxes",
-    request_body = CreateSandboxBody,
+    request_body = CreateSandboxRequest,
     responses(
         (status = 201, description = "Running: it can run a command", body = SandboxView),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -188,14 +160,6 @@ pub async fn pty(
         .on_upgrade(move |socket| bridge(socket, output, input)))
 }
 
-#[derive(Deserialize)]
-struct Control {
-    #[serde(rename = "type")]
-    kind: String,
-    cols: Option<u16>,
-    rows: Option<u16>,
-}
-
 /// Pumps bytes between the WebSocket and the terminal until either side ends.
 async fn bridge(socket: WebSocket, mut output: PtyOutput, input: PtyInput) {
     let (mut tx, mut rx) = socket.split();
@@ -210,8 +174,9 @@ async fn bridge(socket: WebSocket, mut output: PtyOutput, input: PtyInput) {
                 }
                 Some(Ok(PtyEvent::Exit { exit_code, signal })) => {
                     exited = true;
-                    let msg = serde_json::json!({"type": "exit", "exit_code": exit_code, "signal": signal});
-                    let _ = tx.send(Message::Text(msg.to_string().into())).await;
+                    let msg = serde_json::to_string(&PtyControl::Exit { exit_code, signal })
+                        .unwrap_or_default();
+                    let _ = tx.send(Message::Text(msg.into())).await;
                     let _ = tx.send(Message::Close(None)).await;
                     break;
                 }
@@ -232,9 +197,7 @@ async fn bridge(socket: WebSocket, mut output: PtyOutput, input: PtyInput) {
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
-                    if let Ok(c) = serde_json::from_str::<Control>(&t)
-                        && c.kind == "resize"
-                        && let (Some(cols), Some(rows)) = (c.cols, c.rows)
+                    if let Ok(PtyControl::Resize { cols, rows }) = serde_json::from_str(&t)
                         && let Err(e) = input.resize(cols, rows).await
                     {
                         tracing::debug!(error = %e, "terminal resize");

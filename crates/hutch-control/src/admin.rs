@@ -13,6 +13,10 @@
 //! Every other method here: authorise with `hutch_core::authorize`, act, append an audit
 //! entry for mutating calls (outcome `ok`, `denied` or `failed`).
 
+use hutch_api_types::{
+    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, QuotaBody, TemplateList,
+    WorkspaceList, WorkspaceView,
+};
 use hutch_core::key::ApiKeySecret;
 use hutch_core::workspace::DEFAULT_WORKSPACE;
 use hutch_core::{
@@ -23,10 +27,7 @@ use hutch_store::{
     AuditOutcome, NewApiKey, NewAuditEntry, NewWorkspace, PageRequest, SandboxFilter,
 };
 
-use crate::views::{
-    AuditList, AuditView, CreateKey, CreateWorkspace, CreatedKey, KeyList, KeyView, QuotaBody,
-    TemplateList, TemplateView, WorkspaceList, WorkspaceView,
-};
+use crate::views;
 use crate::{Caller, Control, ControlError, Result};
 
 /// Longest key name.
@@ -216,14 +217,14 @@ impl Control {
         let ws = self
             .audited(caller, None, Action::WorkspaceCreate, object, result)
             .await?;
-        Ok(WorkspaceView::from(&ws))
+        Ok(views::workspace(&ws))
     }
 
     pub async fn list_workspaces(&self, caller: &Caller) -> Result<WorkspaceList> {
         authorize(&caller.principal, Action::WorkspaceList, Scope::Platform)?;
         let all = self.store().list_workspaces().await?;
         Ok(WorkspaceList {
-            workspaces: all.iter().map(WorkspaceView::from).collect(),
+            workspaces: all.iter().map(views::workspace).collect(),
         })
     }
 
@@ -293,7 +294,7 @@ impl Control {
         let ws = self
             .audited(caller, None, Action::QuotaSet, Some(id.to_owned()), result)
             .await?;
-        Ok(WorkspaceView::from(&ws))
+        Ok(views::workspace(&ws))
     }
 
     // --- keys ------------------------------------------------------------------------------
@@ -354,7 +355,7 @@ impl Control {
             .audited(caller, Some(&ws), Action::KeyCreate, object, result)
             .await?;
         Ok(CreatedKey {
-            key: KeyView::from(&key),
+            key: views::key(&key),
             secret: secret.expose().to_owned(),
         })
     }
@@ -364,7 +365,7 @@ impl Control {
         authorize(&caller.principal, Action::KeyList, Scope::Workspace(&ws))?;
         let keys = self.store().list_api_keys(&ws).await?;
         Ok(KeyList {
-            keys: keys.iter().map(KeyView::from).collect(),
+            keys: keys.iter().map(views::key).collect(),
         })
     }
 
@@ -413,7 +414,7 @@ impl Control {
         self.settle_audit().await;
         let page = self.store().list_audit(&ws, &page).await?;
         Ok(AuditList {
-            entries: page.items.iter().map(AuditView::from).collect(),
+            entries: page.items.iter().map(views::audit).collect(),
             next_cursor: page.next_cursor,
         })
     }
@@ -427,7 +428,7 @@ impl Control {
         )?;
         let all = self.store().list_templates(ws).await?;
         Ok(TemplateList {
-            templates: all.iter().map(TemplateView::from).collect(),
+            templates: all.iter().map(views::template).collect(),
         })
     }
 }

@@ -22,12 +22,13 @@
 //! keeping at most `exec_output_cap` bytes of stdout and of stderr (`truncated` says so) while
 //! still draining the rest.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use hutch_api_types::{ExecEvent, ExecRequest, ExecResult};
 use hutch_core::request::limits::TIMEOUT_S_MAX;
 use hutch_core::{Action, Error, SandboxId, SandboxState};
 use hutch_envd::process::{
@@ -37,10 +38,6 @@ use hutch_envd::process::{
     process_input, process_selector,
 };
 use hutch_guest_client::{GuestClient, ReplyStream};
-use serde::{Deserialize, Serialize};
-
-#[cfg(feature = "openapi")]
-use utoipa::ToSchema;
 
 use crate::{Caller, Control, ControlError, Result};
 
@@ -55,84 +52,6 @@ pub mod limits {
     pub const MAX_STDIN: usize = 16 << 20;
     /// Stdin goes to the guest in pieces of this size.
     pub const STDIN_CHUNK: usize = 1 << 20;
-}
-
-/// `POST /v1/sandboxes/{id}/exec`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct ExecRequest {
-    /// The program and its arguments (no shell: use `["sh", "-c", "..."]` for one).
-    pub cmd: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Working directory inside the sandbox (default: the template's, else the user's home).
-    /// Paths under `/proc` are refused.
-    #[serde(default)]
-    pub cwd: Option<String>,
-    /// User inside the sandbox (default: the template's).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Text written to the process's standard input, which is then closed. Without it the
-    /// process has no stdin.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Seconds before the process is killed (default: no limit but the sandbox's life).
-    #[serde(default)]
-    pub timeout_s: Option<u64>,
-    /// Answer once the process ends with its whole (capped) output, instead of streaming.
-    #[serde(default)]
-    pub wait: bool,
-}
-
-/// One event of a streamed exec (one NDJSON line).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub enum ExecEvent {
-    /// The process started.
-    Start { pid: u32 },
-    /// Output on stdout: `data` (UTF-8 text) or `data_b64` (bytes that are not UTF-8).
-    Stdout {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        data: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        data_b64: Option<String>,
-    },
-    /// Output on stderr, as `stdout`.
-    Stderr {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        data: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        data_b64: Option<String>,
-    },
-    /// The process ended; always the last event of a stream that did not fail.
-    Exit {
-        exit_code: i32,
-        /// The signal that ended it, if one did.
-        signal: Option<i32>,
-        /// The kernel's OOM killer ended it.
-        oom: bool,
-        /// The request's timeout ended it.
-        timed_out: bool,
-    },
-    /// The stream failed after it started (the guest went away); the last event.
-    Error { code: String, message: String },
-}
-
-/// The answer of an exec with `wait: true`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct ExecResult {
-    pub exit_code: i32,
-    pub signal: Option<i32>,
-    /// Standard output as text (bytes that are not UTF-8 replaced by U+FFFD).
-    pub stdout: String,
-    pub stderr: String,
-    /// Output beyond the cap was dropped from `stdout` or `stderr`.
-    pub truncated: bool,
-    pub oom: bool,
-    pub timed_out: bool,
 }
 
 /// A validated exec request.

@@ -12,15 +12,13 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use hutch_api_types::{FileEntry, FileList, MakeDir, MoveFile};
 use hutch_core::{Action, Error, SandboxId, SandboxState};
 use hutch_envd::filesystem::{
     EntryInfo, FileType, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse,
     MoveRequest, MoveResponse, RemoveRequest, RemoveResponse, StatRequest, StatResponse,
 };
-use serde::{Deserialize, Serialize};
-
-#[cfg(feature = "openapi")]
-use utoipa::ToSchema;
+use serde::Serialize;
 
 use crate::exec::{guest_as, valid_user};
 use crate::{Caller, Control, ControlError, Result};
@@ -29,63 +27,21 @@ use crate::{Caller, Control, ControlError, Result};
 pub const MAX_ENTRIES: usize = 10_000;
 const MAX_PATH: usize = 4096;
 
-/// A file or directory inside a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct FileEntry {
-    pub name: String,
-    pub path: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub size: i64,
-    /// Unix mode bits.
-    pub mode: u32,
-}
-
-impl From<EntryInfo> for FileEntry {
-    fn from(e: EntryInfo) -> Self {
-        let kind = match FileType::try_from(e.r#type) {
-            Ok(FileType::File) => "file",
-            Ok(FileType::Directory) => "dir",
-            Ok(FileType::Symlink) => "symlink",
-            _ => "other",
-        };
-        FileEntry {
-            name: e.name,
-            path: e.path,
-            kind: if e.is_symlink { "symlink" } else { kind }.to_owned(),
-            size: e.size,
-            mode: e.mode,
-        }
+/// A guest's entry copied field by field (step 4 of the module docs).
+fn file_entry(e: EntryInfo) -> FileEntry {
+    let kind = match FileType::try_from(e.r#type) {
+        Ok(FileType::File) => "file",
+        Ok(FileType::Directory) => "dir",
+        Ok(FileType::Symlink) => "symlink",
+        _ => "other",
+    };
+    FileEntry {
+        name: e.name,
+        path: e.path,
+        kind: if e.is_symlink { "symlink" } else { kind }.to_owned(),
+        size: e.size,
+        mode: e.mode,
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct FileList {
-    pub entries: Vec<FileEntry>,
-}
-
-/// `POST /v1/sandboxes/{id}/files/move`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct MoveFile {
-    pub source: String,
-    pub destination: String,
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-/// `POST /v1/sandboxes/{id}/files/mkdir`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(ToSchema))]
-pub struct MakeDir {
-    pub path: String,
-    #[serde(default)]
-    pub user: Option<String>,
 }
 
 fn check_path(field: &str, path: &str) -> Result<()> {
@@ -258,7 +214,7 @@ impl Control {
                 .entries
                 .into_iter()
                 .take(MAX_ENTRIES)
-                .map(FileEntry::from)
+                .map(file_entry)
                 .collect(),
         })
     }
@@ -347,7 +303,7 @@ impl Control {
 }
 
 fn entry(id: &SandboxId, e: Option<EntryInfo>) -> Result<FileEntry> {
-    e.map(FileEntry::from).ok_or_else(|| ControlError::Hidden {
+    e.map(file_entry).ok_or_else(|| ControlError::Hidden {
         public: Error::Unavailable("the sandbox's guest did not answer as expected".to_owned()),
         context: "guest call",
         detail: format!("sandbox {id}: a reply without its entry"),

@@ -26,12 +26,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
+use hutch_api_types::{CreateSandboxRequest, SandboxList, SandboxView, TimeoutRequest};
 use hutch_core::key::ApiKeySecret;
 use hutch_core::request::limits::{TIMEOUT_S_MAX, TIMEOUT_S_MIN};
 use hutch_core::request::{valid_metadata_key, valid_metadata_value};
 use hutch_core::{
-    Action, CreateSandboxRequest, Error, Role, SandboxId, SandboxState, Scope, TemplateState,
-    Timestamp, authorize, check_capacity, check_quota,
+    Action, Error, Role, SandboxId, SandboxSpec, SandboxState, Scope, TemplateState, Timestamp,
+    authorize, check_capacity, check_quota,
 };
 use hutch_host::{AgentError, HostSandboxState, Launch};
 use hutch_store::{
@@ -40,7 +41,7 @@ use hutch_store::{
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Bootstrap;
-use crate::views::{SandboxList, SandboxView, TimeoutRequest};
+use crate::views;
 use crate::{Caller, Control, ControlError, Result};
 
 /// What [`Control::recover`] found and did.
@@ -176,7 +177,7 @@ impl Control {
             .audited(caller, Some(&ws), Action::SandboxCreate, object, result)
             .await?;
         self.metrics().observe_create(started.elapsed());
-        Ok(SandboxView::from(&record))
+        Ok(views::sandbox(&record))
     }
 
     async fn create_inner(
@@ -191,7 +192,7 @@ impl Control {
                 Action::SandboxCreate,
                 Scope::Workspace(&ws),
             )?;
-            let spec = req.validate().map_err(Error::from)?;
+            let spec = SandboxSpec::try_from(req).map_err(Error::from)?;
             let template = self
                 .store()
                 .find_template(&ws, &spec.template)
@@ -335,7 +336,7 @@ impl Control {
 
     pub async fn get_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxView> {
         let r = self.lookup(caller, Action::SandboxRead, id).await?;
-        Ok(SandboxView::from(&r))
+        Ok(views::sandbox(&r))
     }
 
     pub async fn list_sandboxes(&self, caller: &Caller, q: ListSandboxes) -> Result<SandboxList> {
@@ -379,7 +380,7 @@ impl Control {
             )
             .await?;
         Ok(SandboxList {
-            sandboxes: page.items.iter().map(SandboxView::from).collect(),
+            sandboxes: page.items.iter().map(views::sandbox).collect(),
             next_cursor: page.next_cursor,
         })
     }
@@ -507,7 +508,7 @@ impl Control {
                 result,
             )
             .await?;
-        Ok(SandboxView::from(&record))
+        Ok(views::sandbox(&record))
     }
 
     // --- sweeper ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //! - roles and the one authorisation table ([`auth`]);
 //! - the sandbox lifecycle state machine with its generation counter ([`sandbox`]);
 //! - template names and build states ([`template`]);
-//! - the create-sandbox request, parsed then validated into a [`request::SandboxSpec`];
+//! - the validation of the create-sandbox request into a [`request::SandboxSpec`] (the
+//!   request's JSON shape is `hutch-api-types`'s, the one Hutch crate this one depends on);
 //! - quotas and host capacity checks ([`quota`]);
 //! - workspace names ([`workspace`]);
 //! - content digests ([`digest`]) and timestamps ([`time`]);
@@ -42,7 +43,7 @@ pub use id::{
 };
 pub use key::{ApiKeySecret, KeyError, KeyHash, KeyPrefix};
 pub use quota::{Capacity, Quota, QuotaError, Usage, check_capacity, check_quota};
-pub use request::{CreateSandboxRequest, Runtime, SandboxSpec, ValidationError};
+pub use request::{Runtime, SandboxSpec, ValidationError};
 pub use sandbox::{Generation, SandboxState, TransitionError, Versioned};
 pub use template::{TemplateName, TemplateRef, TemplateState};
 pub use time::Timestamp;

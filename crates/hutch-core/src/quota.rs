@@ -1,5 +1,6 @@
 //! Workspace quotas and host capacity, and the pure checks made at create time.
 
+use hutch_api_types::QuotaBody;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -68,6 +69,27 @@ impl From<QuotaError> for Error {
             | QuotaError::HostCpu
             | QuotaError::HostMemory
             | QuotaError::HostDisk => Error::CapacityExhausted(e.to_string()),
+        }
+    }
+}
+
+/// The quota's wire form; `null` fields mean unlimited there as here.
+impl From<QuotaBody> for Quota {
+    fn from(q: QuotaBody) -> Quota {
+        Quota {
+            max_running_sandboxes: q.max_running_sandboxes,
+            max_memory_mb: q.max_memory_mb,
+            max_disk_mb: q.max_disk_mb,
+        }
+    }
+}
+
+impl From<Quota> for QuotaBody {
+    fn from(q: Quota) -> QuotaBody {
+        QuotaBody {
+            max_running_sandboxes: q.max_running_sandboxes,
+            max_memory_mb: q.max_memory_mb,
+            max_disk_mb: q.max_disk_mb,
         }
     }
 }

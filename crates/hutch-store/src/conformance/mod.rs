@@ -64,7 +64,7 @@ async fn new_workspace(store: &dyn Store) -> WorkspaceId {
 }
 
 fn spec(template: &str, metadata: &[(&str, &str)], timeout_s: u64) -> SandboxSpec {
-    CreateSandboxRequest {
+    SandboxSpec::try_from(CreateSandboxRequest {
         template: template.to_owned(),
         metadata: metadata
             .iter()
@@ -73,8 +73,7 @@ fn spec(template: &str, metadata: &[(&str, &str)], timeout_s: u64) -> SandboxSpe
         env: BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]),
         timeout_s: Some(timeout_s),
         ..Default::default()
-    }
-    .validate()
+    })
     .unwrap()
 }
 

@@ -1,6 +1,7 @@
 //! The CLI's HTTP client of the Hutch API: base URL and key from
 //! `HUTCH_URL` / `HUTCH_API_KEY`, errors turned into one-line messages.
 
+use hutch_api_types::ErrorBody;
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
@@ -103,20 +104,13 @@ impl Api {
 pub async fn api_error(resp: Response) -> CliError {
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => CliError::Api {
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(ErrorBody { code, message }) => CliError::Api {
             status: status.as_u16(),
-            code: v
-                .get("code")
-                .and_then(|c| c.as_str())
-                .unwrap_or("error")
-                .to_owned(),
-            message: v
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("request failed")
-                .to_owned(),
+            code,
+            message,
         },
+        // Not the API's error body (a proxy's page, an empty reply).
         Err(_) => CliError::Api {
             status: status.as_u16(),
             code: status

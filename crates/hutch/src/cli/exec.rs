@@ -7,8 +7,9 @@ use std::io::{Read, Write};
 use base64::Engine as _;
 use clap::Args;
 use futures::StreamExt;
+use hutch_api_types::{ExecEvent, ExecRequest};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde::de::IgnoredAny;
 
 use super::{Api, CliError, Global, client::q, parse_pairs};
 
@@ -39,23 +40,8 @@ pub struct ExecArgs {
 const MAX_STDIN: u64 = 16 << 20;
 
 pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
-    let mut body = json!({ "cmd": a.cmd });
-    let obj = body
-        .as_object_mut()
-        .ok_or_else(|| CliError::Usage("internal".into()))?;
-    if !a.env.is_empty() {
-        obj.insert("env".into(), json!(parse_pairs(&a.env, "--env")?));
-    }
-    if let Some(c) = a.cwd {
-        obj.insert("cwd".into(), json!(c));
-    }
-    if let Some(u) = a.user {
-        obj.insert("user".into(), json!(u));
-    }
-    if let Some(t) = a.timeout {
-        obj.insert("timeout_s".into(), json!(t));
-    }
-    if a.stdin {
+    let env = parse_pairs(&a.env, "--env")?;
+    let stdin = if a.stdin {
         let mut input = String::new();
         std::io::stdin()
             .take(MAX_STDIN + 1)
@@ -67,8 +53,19 @@ pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
                 MAX_STDIN >> 20
             )));
         }
-        obj.insert("stdin".into(), json!(input));
-    }
+        Some(input)
+    } else {
+        None
+    };
+    let body = ExecRequest {
+        cmd: a.cmd,
+        env,
+        cwd: a.cwd,
+        user: a.user,
+        stdin,
+        timeout_s: a.timeout,
+        wait: false,
+    };
     let resp = api
         .send(
             api.request(Method::POST, &format!("/v1/sandboxes/{}/exec", q(&a.id)))
@@ -86,43 +83,36 @@ pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
         buf.extend_from_slice(&chunk);
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
-            let ev: Value = serde_json::from_slice(&line)
-                .map_err(|e| CliError::Protocol(format!("bad event line: {e}")))?;
+            let ev = parse_event(&line)?;
             if g.json {
                 println!("{}", String::from_utf8_lossy(&line).trim_end());
             }
-            match ev.get("type").and_then(|t| t.as_str()) {
-                Some(kind @ ("stdout" | "stderr")) if !g.json => {
-                    let data = event_bytes(&ev)?;
-                    let r = if kind == "stdout" {
-                        let mut o = stdout.lock();
-                        o.write_all(&data).and_then(|_| o.flush())
-                    } else {
-                        let mut e = stderr.lock();
-                        e.write_all(&data).and_then(|_| e.flush())
-                    };
-                    r.map_err(|e| CliError::io("writing output", e))?;
+            match ev {
+                Some(ExecEvent::Stdout { data, data_b64 }) if !g.json => {
+                    write_output(&mut stdout.lock(), data, data_b64)?;
                 }
-                Some("exit") => {
-                    let signal = ev.get("signal").and_then(|s| s.as_i64());
-                    let exit = ev.get("exit_code").and_then(|c| c.as_i64()).unwrap_or(1);
-                    if !g.json && ev.get("oom").and_then(|o| o.as_bool()) == Some(true) {
+                Some(ExecEvent::Stderr { data, data_b64 }) if !g.json => {
+                    write_output(&mut stderr.lock(), data, data_b64)?;
+                }
+                Some(ExecEvent::Exit {
+                    exit_code,
+                    signal,
+                    oom,
+                    timed_out,
+                }) => {
+                    if !g.json && oom {
                         eprintln!("hutch: the command was killed: out of memory");
                     }
-                    if !g.json && ev.get("timed_out").and_then(|o| o.as_bool()) == Some(true) {
+                    if !g.json && timed_out {
                         eprintln!("hutch: the command timed out");
                     }
                     code = Some(match signal {
-                        Some(s) if s > 0 => 128 + s as i32,
-                        _ => exit as i32,
+                        Some(s) if s > 0 => 128 + s,
+                        _ => exit_code,
                     });
                 }
-                Some("error") => {
-                    let msg = ev
-                        .get("message")
-                        .and_then(|m| m.as_str())
-                        .unwrap_or("exec failed");
-                    return Err(CliError::Protocol(msg.to_owned()));
+                Some(ExecEvent::Error { message, .. }) => {
+                    return Err(CliError::Protocol(message));
                 }
                 _ => {}
             }
@@ -131,15 +121,59 @@ pub async fn run(api: &Api, g: &Global, a: ExecArgs) -> Result<i32, CliError> {
     code.ok_or_else(|| CliError::Protocol("the output stream ended without an exit event".into()))
 }
 
-/// The bytes of a stdout/stderr event: `data` (text) or `data_b64`.
-fn event_bytes(ev: &Value) -> Result<Vec<u8>, CliError> {
-    if let Some(s) = ev.get("data").and_then(|d| d.as_str()) {
-        return Ok(s.as_bytes().to_vec());
+/// One NDJSON line: an event, or `None` for a JSON line this CLI does not know (an event a
+/// newer server added), which is skipped.
+fn parse_event(line: &[u8]) -> Result<Option<ExecEvent>, CliError> {
+    match serde_json::from_slice(line) {
+        Ok(ev) => Ok(Some(ev)),
+        Err(_) => serde_json::from_slice::<IgnoredAny>(line)
+            .map(|_| None)
+            .map_err(|e| CliError::Protocol(format!("bad event line: {e}"))),
     }
-    if let Some(s) = ev.get("data_b64").and_then(|d| d.as_str()) {
-        return base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|e| CliError::Protocol(format!("bad data_b64: {e}")));
+}
+
+/// Writes the bytes of a stdout/stderr event, `data` (text) or `data_b64`, and flushes.
+fn write_output(
+    out: &mut impl Write,
+    data: Option<String>,
+    data_b64: Option<String>,
+) -> Result<(), CliError> {
+    let bytes = match (data, data_b64) {
+        (Some(text), _) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| CliError::Protocol(format!("bad data_b64: {e}")))?,
+        (None, None) => Vec::new(),
+    };
+    out.write_all(&bytes)
+        .and_then(|_| out.flush())
+        .map_err(|e| CliError::io("writing output", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines() {
+        assert_eq!(
+            parse_event(b"{\"type\":\"start\",\"pid\":7}\n").expect("an event"),
+            Some(ExecEvent::Start { pid: 7 })
+        );
+        // A newer server's event is skipped; a line that is not JSON is an error.
+        assert_eq!(
+            parse_event(b"{\"type\":\"keepalive\"}\n").expect("skipped"),
+            None
+        );
+        assert!(parse_event(b"{\"type\":\n").is_err());
     }
-    Ok(Vec::new())
+
+    #[test]
+    fn output_is_text_or_base64() {
+        let mut out = Vec::new();
+        write_output(&mut out, Some("hi ".into()), None).expect("text");
+        write_output(&mut out, None, Some("/w==".into())).expect("bytes");
+        assert_eq!(out, b"hi \xff");
+        assert!(write_output(&mut out, None, Some("!".into())).is_err());
+    }
 }

@@ -1,10 +1,10 @@
 //! `hutch sandbox create|ls|get|rm|timeout`.
 
 use clap::Args;
+use hutch_api_types::{CreateSandboxRequest, SandboxList, SandboxView, TimeoutRequest};
 use reqwest::Method;
-use serde_json::{Value, json};
 
-use super::{Api, CliError, Global, SandboxCmd, client::q, parse_pairs, table, value_text};
+use super::{Api, CliError, Global, SandboxCmd, cell, client::q, parse_pairs, print_json, table};
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -46,12 +46,11 @@ pub struct ListArgs {
     pub limit: u32,
 }
 
-fn print_sandbox(g: &Global, v: &Value) {
+fn print_sandbox(g: &Global, v: &SandboxView) {
     if g.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        print_json(v);
         return;
     }
-    let s = |k: &str| v.get(k).map(value_text).unwrap_or_default();
     table(
         &[
             "ID",
@@ -63,13 +62,13 @@ fn print_sandbox(g: &Global, v: &Value) {
             "EXPIRES_AT",
         ],
         &[vec![
-            s("id"),
-            s("state"),
-            s("template"),
-            s("cpu"),
-            s("memory_mb"),
-            s("disk_mb"),
-            s("expires_at"),
+            v.id.clone(),
+            v.state.clone(),
+            v.template.clone(),
+            cell(&v.cpu),
+            cell(&v.memory_mb),
+            cell(&v.disk_mb),
+            cell(&v.expires_at),
         ]],
     );
 }
@@ -77,42 +76,24 @@ fn print_sandbox(g: &Global, v: &Value) {
 pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError> {
     match cmd {
         SandboxCmd::Create(a) => {
-            let mut body = json!({ "template": a.template });
-            let obj = body
-                .as_object_mut()
-                .ok_or_else(|| CliError::Usage("internal".into()))?;
-            if let Some(v) = a.cpu {
-                obj.insert("cpu".into(), json!(v));
-            }
-            for (k, v) in [
-                ("memory_mb", a.memory_mb),
-                ("disk_mb", a.disk_mb),
-                ("pids", a.pids),
-                ("timeout_s", a.timeout),
-            ] {
-                if let Some(v) = v {
-                    obj.insert(k.into(), json!(v));
-                }
-            }
-            if let Some(r) = a.runtime {
-                obj.insert("runtime".into(), json!(r));
-            }
-            if !a.env.is_empty() {
-                obj.insert("env".into(), json!(parse_pairs(&a.env, "--env")?));
-            }
-            if !a.metadata.is_empty() {
-                obj.insert(
-                    "metadata".into(),
-                    json!(parse_pairs(&a.metadata, "--metadata")?),
-                );
-            }
-            let v: Value = api
+            let body = CreateSandboxRequest {
+                template: a.template,
+                cpu: a.cpu,
+                memory_mb: a.memory_mb,
+                disk_mb: a.disk_mb,
+                pids: a.pids,
+                env: parse_pairs(&a.env, "--env")?,
+                metadata: parse_pairs(&a.metadata, "--metadata")?,
+                runtime: a.runtime,
+                timeout_s: a.timeout,
+            };
+            let v: SandboxView = api
                 .json(api.request(Method::POST, "/v1/sandboxes").json(&body))
                 .await?;
             if g.json {
                 print_sandbox(g, &v);
             } else {
-                println!("{}", v.get("id").map(value_text).unwrap_or_default());
+                println!("{}", v.id);
             }
             Ok(0)
         }
@@ -135,40 +116,26 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
                 if let Some(c) = &cursor {
                     path.push_str(&format!("&cursor={}", q(c)));
                 }
-                let page: Value = api.json(api.request(Method::GET, &path)).await?;
-                all.extend(
-                    page.get("sandboxes")
-                        .and_then(|s| s.as_array())
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                cursor = page
-                    .get("next_cursor")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_owned);
+                let page: SandboxList = api.json(api.request(Method::GET, &path)).await?;
+                all.extend(page.sandboxes);
+                cursor = page.next_cursor;
                 if cursor.is_none() {
                     break;
                 }
             }
             if g.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&json!({ "sandboxes": all })).unwrap_or_default()
-                );
+                print_json(&serde_json::json!({ "sandboxes": all }));
                 return Ok(0);
             }
             let rows: Vec<Vec<String>> = all
-                .iter()
-                .map(|v| {
-                    let s = |k: &str| v.get(k).map(value_text).unwrap_or_default();
-                    vec![s("id"), s("state"), s("template"), s("created_at")]
-                })
+                .into_iter()
+                .map(|v| vec![v.id, v.state, v.template, v.created_at])
                 .collect();
             table(&["ID", "STATE", "TEMPLATE", "CREATED_AT"], &rows);
             Ok(0)
         }
         SandboxCmd::Get { id } => {
-            let v: Value = api
+            let v: SandboxView = api
                 .json(api.request(Method::GET, &format!("/v1/sandboxes/{}", q(&id))))
                 .await?;
             print_sandbox(g, &v);
@@ -195,10 +162,10 @@ pub async fn run(api: &Api, g: &Global, cmd: SandboxCmd) -> Result<i32, CliError
             Ok(if failed > 0 { 1 } else { 0 })
         }
         SandboxCmd::Timeout { id, seconds } => {
-            let v: Value = api
+            let v: SandboxView = api
                 .json(
                     api.request(Method::POST, &format!("/v1/sandboxes/{}/timeout", q(&id)))
-                        .json(&json!({ "timeout_s": seconds })),
+                        .json(&TimeoutRequest { timeout_s: seconds }),
                 )
                 .await?;
             print_sandbox(g, &v);

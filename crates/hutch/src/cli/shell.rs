@@ -2,12 +2,13 @@
 //! PTY WebSocket. Local terminal in raw mode while connected (restored on
 //! every exit path), window size changes sent as resize messages.
 //!
-//! Wire (see docs/api.md): binary frames carry terminal bytes both ways; text
+//! Wire ([`PtyControl`]): binary frames carry terminal bytes both ways; text
 //! frames carry JSON control messages: `{"type":"resize","cols","rows"}` from
 //! the client, `{"type":"exit","exit_code","signal"}` from the server.
 
 use clap::Args;
 use futures::{SinkExt, StreamExt};
+use hutch_api_types::{ErrorBody, PtyControl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
@@ -92,19 +93,15 @@ pub async fn run(api: &Api, _g: &Global, a: ShellArgs) -> Result<i32, CliError> 
         Ok(ok) => ok,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp.body().clone().unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let ErrorBody { code, message } =
+                serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                    code: "error".to_owned(),
+                    message: "cannot open the terminal".to_owned(),
+                });
             return Err(CliError::Api {
                 status: resp.status().as_u16(),
-                code: v
-                    .get("code")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("error")
-                    .to_owned(),
-                message: v
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("cannot open the terminal")
-                    .to_owned(),
+                code,
+                message,
             });
         }
         Err(e) => return Err(CliError::Protocol(format!("opening the terminal: {e}"))),
@@ -129,7 +126,7 @@ pub async fn run(api: &Api, _g: &Global, a: ShellArgs) -> Result<i32, CliError> 
             },
             _ = winch.recv() => {
                 let (cols, rows) = window_size();
-                let msg = serde_json::json!({"type": "resize", "cols": cols, "rows": rows}).to_string();
+                let msg = serde_json::to_string(&PtyControl::Resize { cols, rows }).unwrap_or_default();
                 let _ = tx.send(Message::Text(msg.into())).await;
             }
             msg = rx.next() => match msg {
@@ -139,11 +136,11 @@ pub async fn run(api: &Api, _g: &Global, a: ShellArgs) -> Result<i32, CliError> 
                     }
                 }
                 Some(Ok(Message::Text(t))) => {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
-                    if v.get("type").and_then(|t| t.as_str()) == Some("exit") {
-                        let signal = v.get("signal").and_then(|s| s.as_i64()).unwrap_or(0);
-                        let exit = v.get("exit_code").and_then(|c| c.as_i64()).unwrap_or(0);
-                        break if signal > 0 { 128 + signal as i32 } else { exit as i32 };
+                    if let Ok(PtyControl::Exit { exit_code, signal }) = serde_json::from_str(&t) {
+                        break match signal {
+                            Some(s) if s > 0 => 128 + s,
+                            _ => exit_code,
+                        };
                     }
                 }
                 Some(Ok(Message::Close(_))) | None => break 0,
