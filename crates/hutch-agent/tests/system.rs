@@ -917,7 +917,7 @@ async fn measure_launch_to_first_output() {
     let mut times = Vec::new();
     for _ in 0..n {
         let id = SandboxId::generate();
-        let spec = hutch_runtime::SandboxSpec {
+        let spec = hutch_runtime::ContainerSpec {
             rootfs: rootfs.clone(),
             readonly_rootfs: true,
             args: vec!["/bin/echo".into(), "hi".into()],

@@ -24,7 +24,7 @@ use hutch_cgroup::CgroupFs;
 use hutch_core::Runtime;
 use hutch_runtime::{
     ContainerIo,
-    spec::{CpuLimit, Isolation, SandboxSpec},
+    spec::{ContainerSpec, CpuLimit, Isolation},
 };
 use serde_json::{Value, json};
 
@@ -176,7 +176,7 @@ fn busybox_layer(data: &Path) -> anyhow::Result<PathBuf> {
 
 /// A bundle for `crun` with Hutch's isolation settings, on `rootfs`.
 fn bare_bundle(dir: &Path, rootfs: &Path, id: &str, args: &[&str]) -> anyhow::Result<PathBuf> {
-    let spec = SandboxSpec {
+    let spec = ContainerSpec {
         rootfs: rootfs.to_owned(),
         readonly_rootfs: true,
         args: args.iter().map(|s| s.to_string()).collect(),

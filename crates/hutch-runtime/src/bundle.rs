@@ -422,10 +422,10 @@ pub fn write_bundle(dir: &Path, spec: &ValidSpec) -> Result<PathBuf, BundleError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{BindMount, Isolation, SandboxSpec};
+    use crate::spec::{BindMount, ContainerSpec, Isolation};
 
-    fn spec() -> SandboxSpec {
-        SandboxSpec {
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
             rootfs: "/var/lib/hutch/sb1/rootfs".into(),
             readonly_rootfs: true,
             args: vec![
@@ -455,7 +455,7 @@ mod tests {
         }
     }
 
-    fn json(spec: SandboxSpec) -> serde_json::Value {
+    fn json(spec: ContainerSpec) -> serde_json::Value {
         serde_json::to_value(build_spec(&spec.validate().expect("valid"))).expect("json")
     }
 

@@ -38,7 +38,7 @@ const MAX_DETAIL: usize = 2048;
 
 /// How a runtime binary must be started on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Launch {
+pub enum Invocation {
     /// Exec the binary as is.
     Direct,
     /// Exec it in a private mount namespace with this hybrid cgroup2 mount detached.
@@ -51,21 +51,21 @@ pub struct CliDriver {
     kind: Runtime,
     binary: PathBuf,
     root: PathBuf,
-    launch: Launch,
+    invocation: Invocation,
 }
 
 impl CliDriver {
-    fn new(kind: Runtime, binary: PathBuf, root: PathBuf, launch: Launch) -> Self {
+    fn new(kind: Runtime, binary: PathBuf, root: PathBuf, invocation: Invocation) -> Self {
         Self {
             kind,
             binary,
             root,
-            launch,
+            invocation,
         }
     }
 
-    pub fn launch(&self) -> &Launch {
-        &self.launch
+    pub fn invocation(&self) -> &Invocation {
+        &self.invocation
     }
 
     fn command(&self) -> Result<Command, RuntimeError> {
@@ -75,7 +75,7 @@ impl CliDriver {
             cmd.arg("--cgroup-manager=cgroupfs");
         }
         cmd.stdin(Stdio::null());
-        if let Launch::DetachHybridCgroup2(mount) = &self.launch {
+        if let Invocation::DetachHybridCgroup2(mount) = &self.invocation {
             let target =
                 CString::new(mount.as_os_str().as_bytes()).map_err(|_| RuntimeError::Io {
                     op: "hybrid cgroup2 mount path",
@@ -611,39 +611,49 @@ impl Crun {
         let binary = resolve_binary(Runtime::Crun, binary)?;
         let root = root.into();
         create_root(&root)?;
-        let launch = crun_launch(cgroups).map_err(|e| RuntimeError::Unavailable {
+        let invocation = crun_invocation(cgroups).map_err(|e| RuntimeError::Unavailable {
             runtime: Runtime::Crun,
             reason: format!("cannot read cgroup layout: {e}"),
         })?;
-        Ok(Self(CliDriver::new(Runtime::Crun, binary, root, launch)))
+        Ok(Self(CliDriver::new(
+            Runtime::Crun,
+            binary,
+            root,
+            invocation,
+        )))
     }
 
-    /// Like [`Crun::new`] with an explicit launch mode (benchmarks compare them).
-    pub fn with_launch(
+    /// Like [`Crun::new`] with an explicit invocation (benchmarks compare them).
+    pub fn with_invocation(
         binary: Option<PathBuf>,
         root: impl Into<PathBuf>,
-        launch: Launch,
+        invocation: Invocation,
     ) -> Result<Self, RuntimeError> {
         let binary = resolve_binary(Runtime::Crun, binary)?;
         let root = root.into();
         create_root(&root)?;
-        Ok(Self(CliDriver::new(Runtime::Crun, binary, root, launch)))
+        Ok(Self(CliDriver::new(
+            Runtime::Crun,
+            binary,
+            root,
+            invocation,
+        )))
     }
 
-    pub fn launch(&self) -> &Launch {
-        self.0.launch()
+    pub fn invocation(&self) -> &Invocation {
+        self.0.invocation()
     }
 }
 
-/// How crun must be launched on a host with this cgroup layout.
-pub fn crun_launch(cgroups: &CgroupFs) -> Result<Launch, hutch_cgroup::CgroupError> {
+/// How crun must be invoked on a host with this cgroup layout.
+pub fn crun_invocation(cgroups: &CgroupFs) -> Result<Invocation, hutch_cgroup::CgroupError> {
     match cgroups.layout() {
         hutch_cgroup::Layout::V1 {
             unified: Some(dir), ..
         } if !cgroups.hybrid_v2_controllers()?.is_empty() => {
-            Ok(Launch::DetachHybridCgroup2(cgroups.root().join(dir)))
+            Ok(Invocation::DetachHybridCgroup2(cgroups.root().join(dir)))
         }
-        _ => Ok(Launch::Direct),
+        _ => Ok(Invocation::Direct),
     }
 }
 
@@ -663,7 +673,7 @@ impl Runc {
             Runtime::Runc,
             binary,
             root,
-            Launch::Direct,
+            Invocation::Direct,
         )))
     }
 }
@@ -738,7 +748,7 @@ mod tests {
             Runtime::Crun,
             "/usr/bin/crun".into(),
             "/run/hutch/crun".into(),
-            Launch::Direct,
+            Invocation::Direct,
         );
         let e = d.failure(
             "state",
@@ -782,11 +792,11 @@ mod tests {
         fs::write(tmp.path().join("unified/cgroup.controllers"), "hugetlb\n").expect("write");
         let cg = CgroupFs::open(tmp.path()).expect("open");
         assert_eq!(
-            crun_launch(&cg).expect("launch"),
-            Launch::DetachHybridCgroup2(tmp.path().join("unified"))
+            crun_invocation(&cg).expect("launch"),
+            Invocation::DetachHybridCgroup2(tmp.path().join("unified"))
         );
         fs::write(tmp.path().join("unified/cgroup.controllers"), "").expect("write");
         let cg = CgroupFs::open(tmp.path()).expect("open");
-        assert_eq!(crun_launch(&cg).expect("launch"), Launch::Direct);
+        assert_eq!(crun_invocation(&cg).expect("launch"), Invocation::Direct);
     }
 }

@@ -22,9 +22,9 @@ pub mod runtime;
 pub mod seccomp;
 pub mod spec;
 
-pub use cli::{Crun, Launch, Runc, default_for_host, open};
+pub use cli::{Crun, Invocation, Runc, default_for_host, open};
 pub use runtime::{
     CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, MAX_PRESERVED_FDS, OciRuntime,
     RuntimeError, Signal,
 };
-pub use spec::{BindMount, CpuLimit, Isolation, SandboxSpec, SpecError, TmpfsMount, ValidSpec};
+pub use spec::{BindMount, ContainerSpec, CpuLimit, Isolation, SpecError, TmpfsMount, ValidSpec};

@@ -1,6 +1,6 @@
 //! The input of a bundle: what one sandbox's container must look like, parsed then validated.
 //!
-//! **Owns**: [`SandboxSpec`] (plain data the agent fills in) and [`SandboxSpec::validate`], a pure
+//! **Owns**: [`ContainerSpec`] (plain data the agent fills in) and [`ContainerSpec::validate`], a pure
 //! function that turns it into a [`ValidSpec`], the only type [`crate::bundle`] accepts.
 //! **Must not**: touch the filesystem or decide isolation defaults (those live in `bundle` and
 //! `seccomp`; [`Isolation`] can only weaken them, and only tests do that).
@@ -63,7 +63,7 @@ impl Default for Isolation {
 
 /// What one sandbox's container must look like, as the agent fills it in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxSpec {
+pub struct ContainerSpec {
     /// The root filesystem directory (absolute; usually an overlay mount point).
     pub rootfs: PathBuf,
     pub readonly_rootfs: bool,
@@ -88,17 +88,17 @@ pub struct SandboxSpec {
     pub isolation: Isolation,
 }
 
-/// A [`SandboxSpec`] that passed [`SandboxSpec::validate`].
+/// A [`ContainerSpec`] that passed [`ContainerSpec::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidSpec(SandboxSpec);
+pub struct ValidSpec(ContainerSpec);
 
 impl ValidSpec {
-    pub fn get(&self) -> &SandboxSpec {
+    pub fn get(&self) -> &ContainerSpec {
         &self.0
     }
 }
 
-/// Why a [`SandboxSpec`] was refused.
+/// Why a [`ContainerSpec`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
     #[error("{field}: {reason}")]
@@ -118,7 +118,7 @@ pub const MIN_MEMORY_BYTES: u64 = 4 << 20;
 /// Sandbox paths nothing may be mounted over or under (the kernel's and the runtime's own).
 const RESERVED_DESTINATIONS: &[&str] = &["/", "/proc", "/sys", "/dev"];
 
-impl SandboxSpec {
+impl ContainerSpec {
     /// Checks every field; the result is the only input [`crate::bundle`] takes.
     pub fn validate(self) -> Result<ValidSpec, SpecError> {
         if !self.rootfs.is_absolute() || has_dotdot(&self.rootfs) {
@@ -245,8 +245,8 @@ fn check_destination(dest: &str) -> Result<(), SpecError> {
 mod tests {
     use super::*;
 
-    pub(crate) fn sample() -> SandboxSpec {
-        SandboxSpec {
+    pub(crate) fn sample() -> ContainerSpec {
+        ContainerSpec {
             rootfs: "/var/lib/hutch/sb1/rootfs".into(),
             readonly_rootfs: false,
             args: vec!["/hutch/guest".into()],
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn table_of_refusals() {
-        type Edit = fn(&mut SandboxSpec);
+        type Edit = fn(&mut ContainerSpec);
         let cases: &[(&str, Edit)] = &[
             ("rootfs", |s| s.rootfs = "rel/rootfs".into()),
             ("rootfs", |s| s.rootfs = "/a/../b".into()),

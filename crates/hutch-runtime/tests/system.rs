@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hutch_cgroup::CgroupFs;
 use hutch_core::Runtime;
-use hutch_runtime::{ContainerIo, Crun, Launch, OciRuntime, Runc};
+use hutch_runtime::{ContainerIo, Crun, Invocation, OciRuntime, Runc};
 
 fn require_root() {
     hutch_testkit::require_root("hutch-runtime system tests (OCI runtimes)");
@@ -62,9 +62,9 @@ fn crun_without_the_workaround_fails_on_a_hybrid_host() {
     require_root();
     let cgroups = CgroupFs::system().expect("open /sys/fs/cgroup");
     let root = state_root("crun-direct");
-    let needed = crun(root.path()).launch() != &Launch::Direct;
+    let needed = crun(root.path()).invocation() != &Invocation::Direct;
     let lab = conformance::Lab::new("direct");
-    let direct = Crun::with_launch(None, root.path(), Launch::Direct).expect("crun");
+    let direct = Crun::with_invocation(None, root.path(), Invocation::Direct).expect("crun");
     let id = lab.id();
     let spec = lab.spec(&id, &["true"]).validate().expect("valid");
     let bundle =
@@ -127,8 +127,12 @@ fn measure_run_latency() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
-    let shell_rt = Crun::with_launch(Some(wrapper), root.path().join("crun-sh"), Launch::Direct)
-        .expect("crun wrapper");
+    let shell_rt = Crun::with_invocation(
+        Some(wrapper),
+        root.path().join("crun-sh"),
+        Invocation::Direct,
+    )
+    .expect("crun wrapper");
     eprintln!(
         "crun (pre_exec detach): {:?}",
         median_run(&crun_rt, &lab, n)

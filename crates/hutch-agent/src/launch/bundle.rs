@@ -16,7 +16,7 @@ use hutch_core::SandboxId;
 use hutch_host::AgentError;
 use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy};
-use hutch_runtime::{BindMount, CpuLimit, SandboxSpec};
+use hutch_runtime::{BindMount, ContainerSpec, CpuLimit};
 
 use super::{Cx, Step, blocking, host_err};
 use crate::machine::Machine;
@@ -71,7 +71,7 @@ impl Step for Bundle {
                 args.extend(["--workdir".to_owned(), w.clone()]);
             }
             let r = &launch.resources;
-            let spec = SandboxSpec {
+            let spec = ContainerSpec {
                 rootfs,
                 readonly_rootfs: false,
                 args,

@@ -270,7 +270,7 @@ fn proc_fixture(root: &Path, capabilities: u64) {
 
 /// The capability mask of a default sandbox bundle.
 fn default_capabilities() -> u64 {
-    let spec = hutch_runtime::SandboxSpec {
+    let spec = hutch_runtime::ContainerSpec {
         rootfs: "/".into(),
         readonly_rootfs: false,
         args: vec!["/x".into()],

@@ -14,7 +14,7 @@ use hutch_cgroup::{CgroupFs, CgroupParent};
 use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy, Mismatch, Posture};
 use hutch_runtime::{
-    ContainerIo, ContainerStatus, CpuLimit, Isolation, OciRuntime, RuntimeError, SandboxSpec,
+    ContainerIo, ContainerSpec, ContainerStatus, CpuLimit, Isolation, OciRuntime, RuntimeError,
     Signal, TmpfsMount, ValidSpec,
 };
 use oci_spec::runtime::Capability;
@@ -80,8 +80,8 @@ impl Lab {
     }
 
     /// The default sandbox spec for `args`: read-only rootfs, tmpfs `/tmp`, 64 MiB, 64 pids.
-    pub fn spec(&self, id: &str, args: &[&str]) -> SandboxSpec {
-        SandboxSpec {
+    pub fn spec(&self, id: &str, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
             rootfs: self.rootfs.clone(),
             readonly_rootfs: true,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
@@ -106,7 +106,7 @@ impl Lab {
         }
     }
 
-    fn bundle(&self, id: &str, spec: SandboxSpec) -> (PathBuf, ValidSpec) {
+    fn bundle(&self, id: &str, spec: ContainerSpec) -> (PathBuf, ValidSpec) {
         let valid = spec.validate().expect("valid spec");
         let dir = write_bundle(&self.dir.path().join("bundles").join(id), &valid).expect("bundle");
         (dir, valid)
@@ -114,7 +114,7 @@ impl Lab {
 
     /// Runs `spec` to completion; returns its exit code and combined output. Its cgroup is
     /// removed afterwards.
-    pub fn run(&self, rt: &dyn OciRuntime, id: &str, spec: SandboxSpec) -> (i32, String) {
+    pub fn run(&self, rt: &dyn OciRuntime, id: &str, spec: ContainerSpec) -> (i32, String) {
         let (bundle, _) = self.bundle(id, spec);
         let log = self.dir.path().join(format!("{id}.log"));
         let code = rt
@@ -135,7 +135,7 @@ impl Lab {
     }
 
     /// Starts `spec` detached (stdio to a log file).
-    pub fn start(&self, rt: &dyn OciRuntime, id: &str, spec: SandboxSpec) -> ValidSpec {
+    pub fn start(&self, rt: &dyn OciRuntime, id: &str, spec: ContainerSpec) -> ValidSpec {
         let (bundle, valid) = self.bundle(id, spec);
         let log = self.dir.path().join(format!("{id}.log"));
         rt.run_detached(id, &bundle, &ContainerIo::LogFile(log))
