@@ -3,8 +3,8 @@
 //!
 //! Owns: connections to one guest over its Unix socket (how the agent reaches
 //! a sandbox without any network) or TCP, pooled and kept alive; the typed
-//! calls of the guest's two services, [`process`] (start, attach, signal,
-//! input, resize, list) and [`fs`] (list, stat, mkdir, move, remove, `/files`
+//! calls of the guest's two services, [`process`] (start, connect, input,
+//! signal, resize, list) and [`fs`] (list, stat, mkdir, move, remove, `/files`
 //! download and upload); the one translation of the guest's errors into
 //! [`ClientError`] and [`ErrorKind`].
 //! Must not: trust the guest (R15). Every reply is bounded: unary bodies and
