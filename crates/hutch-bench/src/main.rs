@@ -13,8 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
-use hutch_envd::process::{ProcessConfig, StartRequest, StartResponse, process_event::Event};
-use hutch_guest_client::{Endpoint, GuestClient};
+use hutch_guest_client::{Endpoint, GuestClient, process};
 
 mod core;
 
@@ -123,20 +122,14 @@ fn start_guest(bin: &Path, sock: &Path) -> anyhow::Result<std::process::Child> {
 }
 
 async fn run_true(client: &GuestClient) -> anyhow::Result<()> {
-    let req = StartRequest {
-        process: Some(ProcessConfig {
-            cmd: "/bin/true".into(),
-            ..Default::default()
-        }),
-        stdin: Some(false),
+    let spec = process::Spec {
+        cmd: "/bin/true".into(),
         ..Default::default()
     };
-    let mut s = client
-        .server_stream::<_, StartResponse>("process.Process/Start", &req)
-        .await?;
+    let mut events = client.start(spec).await?;
     let mut ended = false;
-    while let Some(m) = s.next().await? {
-        if let Some(Event::End(e)) = m.event.and_then(|e| e.event) {
+    while let Some(event) = events.next().await? {
+        if let process::Event::End(e) = event {
             anyhow::ensure!(e.exit_code == 0, "true exited {}", e.exit_code);
             ended = true;
         }

@@ -11,8 +11,7 @@
 //! The API crate maps [`ControlError::public`]'s code to an HTTP status in exactly one place.
 
 use hutch_core::{Error, SandboxId};
-use hutch_envd::connect::Code;
-use hutch_guest_client::ClientError;
+use hutch_guest_client::{ClientError, ErrorKind};
 use hutch_host::AgentError;
 use hutch_store::StoreError;
 
@@ -83,29 +82,22 @@ impl ControlError {
     }
 
     /// A failure talking to a sandbox's guest. The guest is untrusted (R15): its messages are
-    /// already truncated by the client, and only codes about the client's request (a missing
-    /// file, a bad argument) are passed on with them.
+    /// already truncated by the client, and only refusals about the client's request (a
+    /// missing file, a bad argument) are passed on with them.
     pub fn guest(id: &SandboxId, kind: &'static str, e: ClientError) -> Self {
         let detail = format!("sandbox {id}: {}", chain(&e));
         let public = match &e {
-            ClientError::Rpc(c) => match c.code {
-                Code::NotFound => Error::NotFound { kind },
-                Code::InvalidArgument | Code::OutOfRange => Error::InvalidInput(c.message.clone()),
-                Code::PermissionDenied => {
-                    Error::InvalidInput(format!("permission denied: {}", c.message))
+            ClientError::Refused(r) => match r.kind {
+                ErrorKind::NotFound => Error::NotFound { kind },
+                ErrorKind::InvalidArgument => Error::InvalidInput(r.message.clone()),
+                ErrorKind::PermissionDenied => {
+                    Error::InvalidInput(format!("permission denied: {}", r.message))
                 }
-                Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
-                    Error::Conflict(c.message.clone())
+                ErrorKind::Conflict | ErrorKind::ResourceExhausted => {
+                    Error::Conflict(r.message.clone())
                 }
-                Code::ResourceExhausted => Error::Conflict(c.message.clone()),
-                _ => unavailable(),
-            },
-            ClientError::Http { status, message } => match status.as_u16() {
-                404 => Error::NotFound { kind },
-                400 | 405 | 406 => Error::InvalidInput(message_of(message)),
-                403 => Error::InvalidInput(format!("permission denied: {}", message_of(message))),
-                413 | 507 => Error::Conflict("not enough space in the sandbox".to_owned()),
-                _ => unavailable(),
+                ErrorKind::NoSpace => Error::Conflict("not enough space in the sandbox".to_owned()),
+                ErrorKind::Other => unavailable(),
             },
             _ => unavailable(),
         };
@@ -119,14 +111,6 @@ impl ControlError {
 
 fn unavailable() -> Error {
     Error::Unavailable("the sandbox's guest did not answer as expected".to_owned())
-}
-
-/// envd's `/files` errors are `{"code": <status>, "message": "..."}`; keep the message only.
-fn message_of(raw: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(raw)
-        .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| raw.to_owned())
 }
 
 impl From<StoreError> for ControlError {

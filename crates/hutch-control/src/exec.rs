@@ -1,22 +1,22 @@
-//! Exec: Hutch's command API, translated onto the guest's `process.Process/Start`.
+//! Exec: Hutch's command API, translated onto the guest client's typed process calls.
 //!
 //! 1. Authorise (`sandbox.use`), check the sandbox is `running`, validate the request.
-//! 2. Start the process in the guest (`Authorization: Basic` names the user), with stdin
-//!    enabled only when the request carries stdin.
+//! 2. Start the process in the guest as the request's user, with stdin enabled only when the
+//!    request carries stdin.
 //! 3. Read the guest's event stream one event at a time, only as fast as the consumer takes
 //!    [`ExecEvent`]s: nothing is buffered beyond one guest message (itself bounded by the guest
 //!    client), so a process printing gigabytes cannot grow the server's memory (R16); the
 //!    back-pressure reaches the process's pipe through the guest.
-//! 4. On the start event: send stdin in chunks (`SendInput`), then `CloseStdin`.
+//! 4. On the start event: send stdin in chunks, then close it.
 //! 5. Output: `data` is text, split on UTF-8 boundaries (an incomplete character at the end of
 //!    a chunk waits for the next chunk); from the first byte that is not valid UTF-8, the rest
 //!    of that chunk goes as `data_b64` (standard base64) in its own event. A consumer
 //!    concatenates the bytes of both forms in order.
-//! 6. A timeout kills the process (`SendSignal SIGKILL`) and the exit event says
+//! 6. A timeout kills the process (SIGKILL) and the exit event says
 //!    `timed_out: true`. If the consumer goes away before the exit event, the process is
 //!    killed too.
-//! 7. The exit event maps the guest's end event: `exit_code`; `signal` from a status
-//!    `signal: <name>`; `oom` when the guest's error names the OOM killer.
+//! 7. The exit event maps the guest's end event: `exit_code`, `signal` and `oom`, as the guest
+//!    client reads them.
 //!
 //! With `wait: true`, [`ExecStream::collect`] gathers the events into an [`ExecResult`],
 //! keeping at most `exec_output_cap` bytes of stdout and of stderr (`truncated` says so) while
@@ -31,13 +31,8 @@ use bytes::Bytes;
 use hutch_api_types::{ExecEvent, ExecRequest, ExecResult};
 use hutch_core::request::limits::TIMEOUT_S_MAX;
 use hutch_core::{Action, Error, SandboxId, SandboxState};
-use hutch_envd::process::{
-    CloseStdinRequest, CloseStdinResponse, ProcessConfig, ProcessInput, ProcessSelector,
-    SendInputRequest, SendInputResponse, SendSignalRequest, SendSignalResponse, Signal,
-    StartRequest, StartResponse, process_event::Event, process_event::data_event::Output,
-    process_input, process_selector,
-};
-use hutch_guest_client::{GuestClient, ReplyStream};
+use hutch_guest_client::GuestClient;
+use hutch_guest_client::process::{Event, Events, Input, Signal, Spec};
 
 use crate::{Caller, Control, ControlError, Result};
 
@@ -57,8 +52,7 @@ pub mod limits {
 /// A validated exec request.
 #[derive(Debug, Clone)]
 struct ValidExec {
-    config: ProcessConfig,
-    user: Option<String>,
+    spec: Spec,
     stdin: Option<String>,
     timeout: Option<Duration>,
 }
@@ -154,110 +148,39 @@ fn validate(req: ExecRequest) -> Result<ValidExec> {
         Some(_) => return Err(invalid("timeout_s", "must be 1 to 2592000")),
     };
     Ok(ValidExec {
-        config: ProcessConfig {
+        spec: Spec {
             cmd: program.clone(),
             args: args.to_vec(),
             envs: req.env.into_iter().collect(),
             cwd: req.cwd,
+            user: req.user,
+            stdin: req.stdin.is_some(),
+            pty: None,
+            tag: None,
         },
-        user: req.user,
         stdin: req.stdin,
         timeout,
     })
 }
 
-/// The guest client of a sandbox, acting as `user` when given.
-pub(crate) fn guest_as(
-    control: &Control,
-    id: &SandboxId,
-    user: Option<&str>,
-) -> Result<GuestClient> {
-    let client = control
+/// The guest client of a sandbox.
+pub(crate) fn guest_of(control: &Control, id: &SandboxId) -> Result<GuestClient> {
+    control
         .agent()
         .guest(id)
-        .map_err(|e| ControlError::agent("reaching a sandbox's guest", e))?;
-    Ok(match user {
-        None => client,
-        Some(u) => {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:"));
-            let value = http::HeaderValue::from_str(&format!("Basic {token}"))
-                .map_err(|_| invalid("user", "must be a user name of the sandbox"))?;
-            client.with_header(http::header::AUTHORIZATION, value)
-        }
-    })
-}
-
-fn selector(pid: u32) -> Option<ProcessSelector> {
-    Some(ProcessSelector {
-        selector: Some(process_selector::Selector::Pid(pid)),
-    })
+        .map_err(|e| ControlError::agent("reaching a sandbox's guest", e))
 }
 
 /// Sends SIGKILL to `pid`; failures are logged (the process may have ended already).
 pub(crate) async fn kill(guest: &GuestClient, id: &SandboxId, pid: u32) {
-    let req = SendSignalRequest {
-        process: selector(pid),
-        signal: Signal::Sigkill as i32,
-    };
-    if let Err(e) = guest
-        .unary::<_, SendSignalResponse>("process.Process/SendSignal", &req)
-        .await
-    {
+    if let Err(e) = guest.send_signal(pid, Signal::Kill).await {
         tracing::debug!(sandbox = %id, pid, error = %crate::error::chain(&e), "killing a process");
     }
 }
 
-/// Go's signal names (as the guest writes them in `status`) back to numbers.
-pub(crate) fn signal_number(status: &str) -> Option<i32> {
-    let name = status.strip_prefix("signal: ")?;
-    let name = name.strip_suffix(" (core dumped)").unwrap_or(name);
-    const NAMES: [(&str, i32); 31] = [
-        ("hangup", 1),
-        ("interrupt", 2),
-        ("quit", 3),
-        ("illegal instruction", 4),
-        ("trace/breakpoint trap", 5),
-        ("aborted", 6),
-        ("bus error", 7),
-        ("floating point exception", 8),
-        ("killed", 9),
-        ("user defined signal 1", 10),
-        ("segmentation fault", 11),
-        ("user defined signal 2", 12),
-        ("broken pipe", 13),
-        ("alarm clock", 14),
-        ("terminated", 15),
-        ("stack fault", 16),
-        ("child exited", 17),
-        ("continued", 18),
-        ("stopped (signal)", 19),
-        ("stopped", 20),
-        ("stopped (tty input)", 21),
-        ("stopped (tty output)", 22),
-        ("urgent I/O condition", 23),
-        ("CPU time limit exceeded", 24),
-        ("file size limit exceeded", 25),
-        ("virtual timer expired", 26),
-        ("profiling timer expired", 27),
-        ("window changed", 28),
-        ("I/O possible", 29),
-        ("power failure", 30),
-        ("bad system call", 31),
-    ];
-    NAMES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .or_else(|| name.strip_prefix("signal ")?.parse().ok())
-}
-
-/// Whether the guest's end-event error says the OOM killer ended the process (the guest
-/// writes `out of memory: killed by the OOM killer`).
-fn is_oom(error: Option<&str>) -> bool {
-    error.is_some_and(|e| {
-        let e = e.to_ascii_lowercase();
-        e.contains("out of memory") || e.contains("oom")
-    })
+/// `data` in pieces of at most `size` bytes, without copying.
+pub(crate) fn pieces(mut data: Bytes, size: usize) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || (!data.is_empty()).then(|| data.split_to(data.len().min(size))))
 }
 
 /// Splits output into text and non-UTF-8 pieces (step 5 of the module docs).
@@ -309,12 +232,36 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+fn stdout(data: Option<String>, data_b64: Option<String>) -> ExecEvent {
+    ExecEvent::Stdout { data, data_b64 }
+}
+
+fn stderr(data: Option<String>, data_b64: Option<String>) -> ExecEvent {
+    ExecEvent::Stderr { data, data_b64 }
+}
+
+/// Queues output split by a [`Utf8Splitter`]: the text, then the bytes, each in its own event
+/// made by `event` (step 5 of the module docs).
+fn queue_output(
+    pending: &mut VecDeque<ExecEvent>,
+    data: Option<String>,
+    data_b64: Option<String>,
+    event: fn(Option<String>, Option<String>) -> ExecEvent,
+) {
+    if data.is_some() {
+        pending.push_back(event(data, None));
+    }
+    if data_b64.is_some() {
+        pending.push_back(event(None, data_b64));
+    }
+}
+
 /// A running exec's events. Dropping it before the exit event kills the process.
 pub struct ExecStream {
     control: Control,
     id: SandboxId,
     guest: Arc<GuestClient>,
-    reply: ReplyStream<StartResponse>,
+    events: Events,
     pid: Option<u32>,
     stdin: Option<String>,
     deadline: Option<tokio::time::Instant>,
@@ -343,15 +290,9 @@ impl Control {
                 .into());
             }
             let exec = validate(req)?;
-            let guest = guest_as(self, &record.id, exec.user.as_deref())?;
-            let start = StartRequest {
-                process: Some(exec.config),
-                pty: None,
-                tag: None,
-                stdin: Some(exec.stdin.is_some()),
-            };
-            let reply = guest
-                .server_stream::<_, StartResponse>("process.Process/Start", &start)
+            let guest = guest_of(self, &record.id)?;
+            let events = guest
+                .start(exec.spec)
                 .await
                 .map_err(|e| ControlError::guest(&record.id, "program", e))?;
             self.touch(&record.id);
@@ -359,7 +300,7 @@ impl Control {
                 control: self.clone(),
                 id: record.id,
                 guest: Arc::new(guest),
-                reply,
+                events,
                 pid: None,
                 stdin: exec.stdin,
                 deadline: exec.timeout.map(|t| tokio::time::Instant::now() + t),
@@ -401,7 +342,7 @@ impl ExecStream {
             }
             let item = match self.deadline {
                 Some(deadline) if !self.timed_out => {
-                    match tokio::time::timeout_at(deadline, self.reply.next()).await {
+                    match tokio::time::timeout_at(deadline, self.events.next()).await {
                         Ok(item) => item,
                         Err(_) => {
                             self.timed_out = true;
@@ -412,10 +353,10 @@ impl ExecStream {
                         }
                     }
                 }
-                _ => self.reply.next().await,
+                _ => self.events.next().await,
             };
             match item {
-                Ok(Some(resp)) => self.on_event(resp).await,
+                Ok(Some(event)) => self.on_event(event).await,
                 Ok(None) => {
                     self.fail(Error::Unavailable(
                         "the process stream ended without an exit event".to_owned(),
@@ -449,9 +390,9 @@ impl ExecStream {
     /// Reads until the start event, which stays queued; a failure before it is returned.
     async fn await_start(&mut self) -> Result<()> {
         while self.pid.is_none() && !self.finished {
-            let item = self.reply.next().await;
+            let item = self.events.next().await;
             match item {
-                Ok(Some(resp)) => self.on_event(resp).await,
+                Ok(Some(event)) => self.on_event(event).await,
                 Ok(None) => self.fail(Error::Unavailable(
                     "the process stream ended before the process started".to_owned(),
                 )),
@@ -464,115 +405,52 @@ impl ExecStream {
         }
     }
 
-    async fn on_event(&mut self, resp: StartResponse) {
-        let Some(event) = resp.event.and_then(|e| e.event) else {
-            return;
-        };
+    async fn on_event(&mut self, event: Event) {
         match event {
-            Event::Start(s) => {
-                self.pid = Some(s.pid);
-                self.pending.push_back(ExecEvent::Start { pid: s.pid });
+            Event::Started { pid } => {
+                self.pid = Some(pid);
+                self.pending.push_back(ExecEvent::Start { pid });
                 if let Some(input) = self.stdin.take() {
-                    self.send_stdin(s.pid, input.into_bytes()).await;
+                    self.send_stdin(pid, Bytes::from(input)).await;
                 }
                 if self.timed_out {
-                    kill(&self.guest, &self.id, s.pid).await;
+                    kill(&self.guest, &self.id, pid).await;
                 }
             }
-            Event::Data(d) => match d.output {
-                Some(Output::Stdout(b)) => {
-                    let (data, data_b64) = self.out.push(&b);
-                    if data.is_some() {
-                        self.pending.push_back(ExecEvent::Stdout {
-                            data,
-                            data_b64: None,
-                        });
-                    }
-                    if data_b64.is_some() {
-                        self.pending.push_back(ExecEvent::Stdout {
-                            data: None,
-                            data_b64,
-                        });
-                    }
-                }
-                Some(Output::Stderr(b)) => {
-                    let (data, data_b64) = self.err.push(&b);
-                    if data.is_some() {
-                        self.pending.push_back(ExecEvent::Stderr {
-                            data,
-                            data_b64: None,
-                        });
-                    }
-                    if data_b64.is_some() {
-                        self.pending.push_back(ExecEvent::Stderr {
-                            data: None,
-                            data_b64,
-                        });
-                    }
-                }
-                Some(Output::Pty(_)) | None => {}
-            },
+            Event::Stdout(b) => {
+                let (data, data_b64) = self.out.push(&b);
+                queue_output(&mut self.pending, data, data_b64, stdout);
+            }
+            Event::Stderr(b) => {
+                let (data, data_b64) = self.err.push(&b);
+                queue_output(&mut self.pending, data, data_b64, stderr);
+            }
+            Event::Pty(_) => {}
             Event::End(end) => {
-                if let Some(rest) = self.out.finish() {
-                    self.pending.push_back(ExecEvent::Stdout {
-                        data: None,
-                        data_b64: Some(rest),
-                    });
-                }
-                if let Some(rest) = self.err.finish() {
-                    self.pending.push_back(ExecEvent::Stderr {
-                        data: None,
-                        data_b64: Some(rest),
-                    });
-                }
-                let signal = if end.exited {
-                    None
-                } else {
-                    signal_number(&end.status)
-                };
+                queue_output(&mut self.pending, None, self.out.finish(), stdout);
+                queue_output(&mut self.pending, None, self.err.finish(), stderr);
                 self.pending.push_back(ExecEvent::Exit {
                     exit_code: end.exit_code,
-                    signal,
-                    oom: is_oom(end.error.as_deref()),
+                    signal: end.signal,
+                    oom: end.oom,
                     timed_out: self.timed_out,
                 });
                 self.finished = true;
-                // The end-of-stream message follows; reading it off the
-                // caller's path keeps the guest connection reusable.
-                self.reply.finish();
                 self.control.metrics().observe_exec(self.started.elapsed());
                 self.control.touch(&self.id);
             }
-            Event::Keepalive(_) => {}
         }
     }
 
     /// Step 4 of the module docs. A failure is logged: the process sees its stdin close.
-    async fn send_stdin(&self, pid: u32, input: Vec<u8>) {
-        for chunk in input.chunks(limits::STDIN_CHUNK) {
-            let req = SendInputRequest {
-                process: selector(pid),
-                input: Some(ProcessInput {
-                    input: Some(process_input::Input::Stdin(Bytes::copy_from_slice(chunk))),
-                }),
-            };
-            if let Err(e) = self
-                .guest
-                .unary::<_, SendInputResponse>("process.Process/SendInput", &req)
-                .await
-            {
+    async fn send_stdin(&self, pid: u32, input: Bytes) {
+        for chunk in pieces(input, limits::STDIN_CHUNK) {
+            if let Err(e) = self.guest.send_input(pid, Input::Stdin(chunk)).await {
                 tracing::debug!(sandbox = %self.id, error = %crate::error::chain(&e), "sending stdin");
                 break;
             }
         }
-        let req = CloseStdinRequest {
-            process: selector(pid),
-        };
-        if let Err(e) = self
-            .guest
-            .unary::<_, CloseStdinResponse>("process.Process/CloseStdin", &req)
-            .await
-        {
+        if let Err(e) = self.guest.close_stdin(pid).await {
             tracing::debug!(sandbox = %self.id, error = %crate::error::chain(&e), "closing stdin");
         }
     }
@@ -665,17 +543,10 @@ mod tests {
     }
 
     #[test]
-    fn signals_and_oom_are_read_from_the_end_event() {
-        assert_eq!(signal_number("signal: killed"), Some(9));
-        assert_eq!(
-            signal_number("signal: segmentation fault (core dumped)"),
-            Some(11)
-        );
-        assert_eq!(signal_number("signal: signal 40"), Some(40));
-        assert_eq!(signal_number("exit status 1"), None);
-        assert!(is_oom(Some("out of memory: killed by the OOM killer")));
-        assert!(!is_oom(Some("signal: killed")));
-        assert!(!is_oom(None));
+    fn input_goes_in_pieces() {
+        let got: Vec<Bytes> = pieces(Bytes::from_static(b"abcde"), 2).collect();
+        assert_eq!(got, [&b"ab"[..], b"cd", b"e"]);
+        assert_eq!(pieces(Bytes::new(), 2).count(), 0);
     }
 
     #[test]

@@ -14,31 +14,30 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use hutch_api_types::{FileEntry, FileList, MakeDir, MoveFile};
 use hutch_core::{Action, Error, SandboxId, SandboxState};
-use hutch_envd::filesystem::{
-    EntryInfo, FileType, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse,
-    MoveRequest, MoveResponse, RemoveRequest, RemoveResponse, StatRequest, StatResponse,
+use hutch_guest_client::{
+    ClientError, GuestClient,
+    fs::{Entry, FileKind},
 };
-use serde::Serialize;
 
-use crate::exec::{guest_as, valid_user};
+use crate::exec::{guest_of, valid_user};
 use crate::{Caller, Control, ControlError, Result};
 
 /// Most entries a listing returns.
 pub const MAX_ENTRIES: usize = 10_000;
 const MAX_PATH: usize = 4096;
 
-/// A guest's entry copied field by field (step 4 of the module docs).
-fn file_entry(e: EntryInfo) -> FileEntry {
-    let kind = match FileType::try_from(e.r#type) {
-        Ok(FileType::File) => "file",
-        Ok(FileType::Directory) => "dir",
-        Ok(FileType::Symlink) => "symlink",
-        _ => "other",
+/// A guest's entry as the API shows it (step 4 of the module docs).
+fn file_entry(e: Entry) -> FileEntry {
+    let kind = match e.kind {
+        FileKind::File => "file",
+        FileKind::Directory => "dir",
+        FileKind::Symlink => "symlink",
+        FileKind::Other => "other",
     };
     FileEntry {
         name: e.name,
         path: e.path,
-        kind: if e.is_symlink { "symlink" } else { kind }.to_owned(),
+        kind: kind.to_owned(),
         size: e.size,
         mode: e.mode,
     }
@@ -93,7 +92,7 @@ impl Control {
         user: Option<&str>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
         let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_as(self, &sid, None)?;
+        let guest = guest_of(self, &sid)?;
         let body = guest
             .download(path, user)
             .await
@@ -121,7 +120,7 @@ impl Control {
         let ws = caller.principal.workspace_id.clone();
         let result = async {
             let sid = self.file_target(caller, id, path, user).await?;
-            let guest = guest_as(self, &sid, None)?;
+            let guest = guest_of(self, &sid)?;
             // The guest client wants a `Sync` stream; a bounded channel makes one and keeps
             // at most a few chunks in flight.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -151,28 +150,23 @@ impl Control {
         .await
     }
 
-    /// Steps 1–2 for a unary filesystem call: the running target, then
-    /// `method` on its guest as `user`.
-    async fn file_rpc<Req, Resp>(
+    /// Steps 1–2 for a filesystem call: the running target, then `call` on its guest.
+    async fn file_call<T, F>(
         &self,
         caller: &Caller,
         id: &str,
         path: &str,
         user: Option<&str>,
-        method: &str,
-        req: &Req,
-    ) -> Result<(SandboxId, Resp)>
+        call: impl FnOnce(GuestClient) -> F,
+    ) -> Result<T>
     where
-        Req: prost::Message + Serialize,
-        Resp: prost::Message + serde::de::DeserializeOwned + Default,
+        F: Future<Output = Result<T, ClientError>>,
     {
         let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_as(self, &sid, user)?;
-        let resp = guest
-            .unary(method, req)
+        let guest = guest_of(self, &sid)?;
+        call(guest)
             .await
-            .map_err(|e| ControlError::guest(&sid, "file", e))?;
-        Ok((sid, resp))
+            .map_err(|e| ControlError::guest(&sid, "file", e))
     }
 
     /// Records a file call that changes the sandbox, with its outcome.
@@ -195,23 +189,13 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<FileList> {
-        let req = ListDirRequest {
-            path: path.to_owned(),
-            depth: 1,
-        };
-        let (_, resp): (_, ListDirResponse) = self
-            .file_rpc(
-                caller,
-                id,
-                path,
-                user,
-                "filesystem.Filesystem/ListDir",
-                &req,
-            )
+        let entries = self
+            .file_call(caller, id, path, user, async |guest| {
+                guest.list_dir(path, 1, user).await
+            })
             .await?;
         Ok(FileList {
-            entries: resp
-                .entries
+            entries: entries
                 .into_iter()
                 .take(MAX_ENTRIES)
                 .map(file_entry)
@@ -226,56 +210,34 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<FileEntry> {
-        let req = StatRequest {
-            path: path.to_owned(),
-        };
-        let (sid, resp): (_, StatResponse) = self
-            .file_rpc(caller, id, path, user, "filesystem.Filesystem/Stat", &req)
+        let entry = self
+            .file_call(caller, id, path, user, async |guest| {
+                guest.stat(path, user).await
+            })
             .await?;
-        entry(&sid, resp.entry)
+        Ok(file_entry(entry))
     }
 
     pub async fn make_dir(&self, caller: &Caller, id: &str, req: MakeDir) -> Result<FileEntry> {
         let user = req.user.as_deref();
-        let rpc = MakeDirRequest {
-            path: req.path.clone(),
-        };
-        let result = async {
-            let (sid, resp): (_, MakeDirResponse) = self
-                .file_rpc(
-                    caller,
-                    id,
-                    &req.path,
-                    user,
-                    "filesystem.Filesystem/MakeDir",
-                    &rpc,
-                )
-                .await?;
-            entry(&sid, resp.entry)
-        }
-        .await;
+        let result = self
+            .file_call(caller, id, &req.path, user, async |guest| {
+                guest.make_dir(&req.path, user).await
+            })
+            .await
+            .map(file_entry);
         self.audited_use(caller, id, result).await
     }
 
     pub async fn move_file(&self, caller: &Caller, id: &str, req: MoveFile) -> Result<FileEntry> {
         let user = req.user.as_deref();
-        let rpc = MoveRequest {
-            source: req.source.clone(),
-            destination: req.destination.clone(),
-        };
         let result = async {
             check_path("destination", &req.destination)?;
-            let (sid, resp): (_, MoveResponse) = self
-                .file_rpc(
-                    caller,
-                    id,
-                    &req.source,
-                    user,
-                    "filesystem.Filesystem/Move",
-                    &rpc,
-                )
-                .await?;
-            entry(&sid, resp.entry)
+            self.file_call(caller, id, &req.source, user, async |guest| {
+                guest.move_entry(&req.source, &req.destination, user).await
+            })
+            .await
+            .map(file_entry)
         }
         .await;
         self.audited_use(caller, id, result).await
@@ -288,24 +250,11 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<()> {
-        let rpc = RemoveRequest {
-            path: path.to_owned(),
-        };
-        let result = async {
-            let _: (_, RemoveResponse) = self
-                .file_rpc(caller, id, path, user, "filesystem.Filesystem/Remove", &rpc)
-                .await?;
-            Ok(())
-        }
-        .await;
+        let result = self
+            .file_call(caller, id, path, user, async |guest| {
+                guest.remove(path, user).await
+            })
+            .await;
         self.audited_use(caller, id, result).await
     }
-}
-
-fn entry(id: &SandboxId, e: Option<EntryInfo>) -> Result<FileEntry> {
-    e.map(file_entry).ok_or_else(|| ControlError::Hidden {
-        public: Error::Unavailable("the sandbox's guest did not answer as expected".to_owned()),
-        context: "guest call",
-        detail: format!("sandbox {id}: a reply without its entry"),
-    })
 }

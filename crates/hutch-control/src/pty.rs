@@ -6,7 +6,7 @@
 //!    command is the user's login shell (bash if present, else sh).
 //! 3. Wait for the start event (bounded), then hand back the two halves:
 //!    - [`PtyOutput::next`] yields terminal bytes as the transport takes them, then one exit;
-//!    - [`PtyInput`] sends keystrokes (`SendInput` pty) and resizes (`Update`).
+//!    - [`PtyInput`] sends keystrokes and resizes the terminal.
 //! 4. A transport that ends before the exit calls [`PtyInput::kill`].
 
 use std::sync::Arc;
@@ -14,19 +14,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hutch_core::{Action, Error, SandboxId, SandboxState};
-use hutch_envd::process::{
-    ProcessConfig, ProcessInput, ProcessSelector, Pty, SendInputRequest, SendInputResponse,
-    StartRequest, StartResponse, UpdateRequest, UpdateResponse, process_event::Event,
-    process_event::data_event::Output, process_input, process_selector, pty,
-};
-use hutch_guest_client::{GuestClient, ReplyStream};
+use hutch_guest_client::GuestClient;
+use hutch_guest_client::process::{Event, Events, Input, PtySize, Spec};
 
-use crate::exec::{guest_as, kill, valid_user, validate_cwd};
+use crate::exec::{guest_of, kill, pieces, valid_user, validate_cwd};
 use crate::{Caller, Control, ControlError, Result};
 
 /// How long the guest may take to report the start.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_DIM: u16 = 1000;
+/// Keystrokes go to the guest in pieces of at most this size.
+const INPUT_CHUNK: usize = 64 << 10;
 
 /// What a terminal is opened with.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +47,7 @@ pub enum PtyEvent {
 /// The output half.
 pub struct PtyOutput {
     id: SandboxId,
-    reply: ReplyStream<StartResponse>,
+    events: Events,
     done: bool,
 }
 
@@ -130,35 +128,29 @@ impl Control {
                 ],
             ),
         };
-        let guest = guest_as(self, &record.id, req.user.as_deref())?;
-        let start = StartRequest {
-            process: Some(ProcessConfig {
-                cmd,
-                args,
-                envs: [("TERM".to_owned(), "xterm-256color".to_owned())].into(),
-                cwd: req.cwd,
-            }),
-            pty: Some(Pty {
-                size: Some(pty::Size {
-                    cols: u32::from(req.cols),
-                    rows: u32::from(req.rows),
-                }),
+        let guest = guest_of(self, &record.id)?;
+        let spec = Spec {
+            cmd,
+            args,
+            envs: [("TERM".to_owned(), "xterm-256color".to_owned())].into(),
+            cwd: req.cwd,
+            user: req.user,
+            stdin: true,
+            pty: Some(PtySize {
+                cols: req.cols,
+                rows: req.rows,
             }),
             tag: None,
-            stdin: Some(true),
         };
-        let mut reply = guest
-            .server_stream::<_, StartResponse>("process.Process/Start", &start)
+        let mut events = guest
+            .start(spec)
             .await
             .map_err(|e| ControlError::guest(&record.id, "program", e))?;
         let pid = tokio::time::timeout(START_TIMEOUT, async {
             loop {
-                match reply.next().await {
-                    Ok(Some(r)) => {
-                        if let Some(Event::Start(s)) = r.event.and_then(|e| e.event) {
-                            return Ok(s.pid);
-                        }
-                    }
+                match events.next().await {
+                    Ok(Some(Event::Started { pid })) => return Ok(pid),
+                    Ok(Some(_)) => {}
                     Ok(None) => {
                         return Err(Error::Unavailable(
                             "the terminal ended before it started".to_owned(),
@@ -175,7 +167,7 @@ impl Control {
         Ok((
             PtyOutput {
                 id: record.id.clone(),
-                reply,
+                events,
                 done: false,
             },
             PtyInput {
@@ -191,28 +183,18 @@ impl PtyOutput {
     /// The next bytes or the exit; `None` after the exit. An error ends the stream.
     pub async fn next(&mut self) -> Option<Result<PtyEvent>> {
         while !self.done {
-            match self.reply.next().await {
-                Ok(Some(r)) => match r.event.and_then(|e| e.event) {
-                    Some(Event::Data(d)) => match d.output {
-                        Some(Output::Pty(b) | Output::Stdout(b) | Output::Stderr(b)) => {
-                            return Some(Ok(PtyEvent::Data(b)));
-                        }
-                        None => {}
-                    },
-                    Some(Event::End(end)) => {
-                        self.done = true;
-                        let signal = if end.exited {
-                            None
-                        } else {
-                            crate::exec::signal_number(&end.status)
-                        };
-                        return Some(Ok(PtyEvent::Exit {
-                            exit_code: end.exit_code,
-                            signal,
-                        }));
-                    }
-                    _ => {}
-                },
+            match self.events.next().await {
+                Ok(Some(Event::Pty(b) | Event::Stdout(b) | Event::Stderr(b))) => {
+                    return Some(Ok(PtyEvent::Data(b)));
+                }
+                Ok(Some(Event::End(end))) => {
+                    self.done = true;
+                    return Some(Ok(PtyEvent::Exit {
+                        exit_code: end.exit_code,
+                        signal: end.signal,
+                    }));
+                }
+                Ok(Some(Event::Started { .. })) => {}
                 Ok(None) => {
                     self.done = true;
                     return None;
@@ -228,23 +210,11 @@ impl PtyOutput {
 }
 
 impl PtyInput {
-    fn selector(&self) -> Option<ProcessSelector> {
-        Some(ProcessSelector {
-            selector: Some(process_selector::Selector::Pid(self.pid)),
-        })
-    }
-
-    /// Keystrokes (at most 64 KiB at a time).
+    /// Keystrokes (at most [`INPUT_CHUNK`] at a time).
     pub async fn send(&self, data: Bytes) -> Result<()> {
-        for chunk in data.chunks(64 << 10) {
-            let req = SendInputRequest {
-                process: self.selector(),
-                input: Some(ProcessInput {
-                    input: Some(process_input::Input::Pty(Bytes::copy_from_slice(chunk))),
-                }),
-            };
+        for chunk in pieces(data, INPUT_CHUNK) {
             self.guest
-                .unary::<_, SendInputResponse>("process.Process/SendInput", &req)
+                .send_input(self.pid, Input::Pty(chunk))
                 .await
                 .map_err(|e| ControlError::guest(&self.id, "process", e))?;
         }
@@ -253,20 +223,10 @@ impl PtyInput {
 
     pub async fn resize(&self, cols: u16, rows: u16) -> Result<()> {
         check_dims(cols, rows)?;
-        let req = UpdateRequest {
-            process: self.selector(),
-            pty: Some(Pty {
-                size: Some(pty::Size {
-                    cols: u32::from(cols),
-                    rows: u32::from(rows),
-                }),
-            }),
-        };
         self.guest
-            .unary::<_, UpdateResponse>("process.Process/Update", &req)
+            .resize_pty(self.pid, PtySize { cols, rows })
             .await
-            .map_err(|e| ControlError::guest(&self.id, "process", e))?;
-        Ok(())
+            .map_err(|e| ControlError::guest(&self.id, "process", e))
     }
 
     /// Ends the terminal's process (the transport went away first).

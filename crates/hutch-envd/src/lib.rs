@@ -3,13 +3,15 @@
 //!
 //! Owns: the protobuf messages of `process.Process` and `filesystem.Filesystem`
 //! (generated from `proto/` with proto3-JSON serde impls), the Connect protocol
-//! framing ([`connect`]) and the signed-URL scheme of `/files` ([`signing`]).
+//! framing ([`connect`]), the signed-URL scheme of `/files` ([`signing`]) and
+//! the words of a process's end event ([`exit`]).
 //! Must not: do IO of its own or know about sandboxes; it is pure encoding so
 //! both sides and the fuzz target can share it.
 
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod exit;
 pub mod signing;
 
 /// `process.*` messages (E2B envd `process/process.proto`).

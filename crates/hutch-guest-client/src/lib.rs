@@ -1,20 +1,17 @@
-//! The host side of the envd wire contract: how the agent (and the
-//! benchmarks) talk to a `hutch-guest`.
+//! The host side of the envd wire contract: how the control plane, the agent
+//! and the benchmarks talk to a `hutch-guest`, in typed calls.
 //!
 //! Owns: connections to one guest over its Unix socket (how the agent reaches
-//! a sandbox without any network) or TCP, pooled and kept alive; Connect
-//! unary and server-streaming calls in the JSON codec; `/files` download and
-//! upload as streams.
+//! a sandbox without any network) or TCP, pooled and kept alive; the typed
+//! calls of the guest's two services, [`process`] (start, connect, input,
+//! signal, resize, list) and [`fs`] (list, stat, mkdir, move, remove, `/files`
+//! download and upload); the one translation of the guest's errors into
+//! [`ClientError`] and [`ErrorKind`].
 //! Must not: trust the guest (R15). Every reply is bounded: unary bodies and
 //! stream frames by [`Limits`], error messages truncated, and a stream that
-//! ends without its end-of-stream envelope is an error, not a success.
-//!
-//! Flow of a server-streaming call:
-//! 1. POST `/{service}/{method}` with `application/connect+json` and the
-//!    request in one envelope;
-//! 2. read envelopes as they arrive with a bounded [`FrameDecoder`];
-//! 3. yield each message; the end-of-stream envelope ends the stream,
-//!    carrying the call's error if it failed.
+//! ends without its end-of-stream envelope is an error, not a success. Nor
+//! let the wire out: callers name no Connect method and build no protobuf
+//! message; the Connect plumbing (`rpc`) is private.
 
 #![forbid(unsafe_code)]
 
@@ -26,17 +23,24 @@ use std::{
     time::Duration,
 };
 
+use base64::Engine as _;
 use bytes::Bytes;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::StreamExt;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, BodyStream, Full, combinators::BoxBody};
-use hutch_envd::connect::{CallKind, Code, Codec, ConnectError, FrameDecoder, envelope};
+use hutch_envd::connect::ConnectError;
 use hyper_util::{
     client::legacy::{Client, connect::Connected, connect::Connection},
     rt::{TokioExecutor, TokioIo},
 };
-use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
+
+mod error;
+pub mod fs;
+pub mod process;
+mod rpc;
+
+pub use error::{ClientError, ErrorKind, GuestError};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -56,23 +60,6 @@ impl Default for Limits {
             max_error_message: 1024,
         }
     }
-}
-
-/// What went wrong talking to a guest.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("connecting to the guest")]
-    Connect(#[source] hyper_util::client::legacy::Error),
-    #[error("reading the guest's reply")]
-    Body(#[source] hyper::Error),
-    #[error("the guest answered {0}")]
-    Rpc(#[from] ConnectError),
-    #[error("the guest answered HTTP {status}: {message}")]
-    Http { status: StatusCode, message: String },
-    #[error("the guest sent a malformed reply: {0}")]
-    Protocol(String),
-    #[error("building the request")]
-    Request(#[from] http::Error),
 }
 
 /// Where the guest listens.
@@ -149,8 +136,6 @@ pub struct GuestClient {
     base: String,
     token: Option<String>,
     limits: Limits,
-    /// Extra headers sent on every call (e.g. `Authorization: Basic` naming the user).
-    headers: http::HeaderMap,
 }
 
 fn full(b: impl Into<Bytes>) -> Body {
@@ -180,7 +165,6 @@ impl GuestClient {
             base,
             token: None,
             limits: Limits::default(),
-            headers: http::HeaderMap::new(),
         }
     }
 
@@ -195,22 +179,24 @@ impl GuestClient {
         self
     }
 
-    /// Sends `name: value` on every call; e.g. `Authorization: Basic
-    /// base64(user:)`, which the guest reads as the user to act as.
-    pub fn with_header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
-        self.headers.insert(name, value);
-        self
-    }
-
-    fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
+    /// A request to the guest, acting as `user` when given: the guest reads
+    /// `Authorization: Basic base64(user:)` as the user to act as (`/files`
+    /// names it in its query instead).
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        user: Option<&str>,
+    ) -> http::request::Builder {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("{}{}", self.base, path_and_query));
         if let Some(t) = &self.token {
             b = b.header("x-access-token", t);
         }
-        for (name, value) in &self.headers {
-            b = b.header(name, value);
+        if let Some(u) = user {
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:"));
+            b = b.header(header::AUTHORIZATION, format!("Basic {token}"));
         }
         b
     }
@@ -224,6 +210,20 @@ impl GuestClient {
             Transport::Tcp(c) => c.request(req).await,
         }
         .map_err(ClientError::Connect)
+    }
+
+    /// Sends `req`; a reply with an error status is the guest's error.
+    async fn call(
+        &self,
+        req: Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        if status.is_success() {
+            Ok(resp)
+        } else {
+            Err(self.http_error(status, resp.into_body()).await)
+        }
     }
 
     /// Reads at most `limit` bytes of a body; more is a protocol error.
@@ -248,169 +248,36 @@ impl GuestClient {
         Ok(out.freeze())
     }
 
+    /// The error of a reply with status `status`: a Connect error (an RPC,
+    /// or a refused access token) or envd's `{"code": <status>, "message"}`
+    /// of `/files`, of which only the message is kept.
     async fn http_error(&self, status: StatusCode, body: hyper::body::Incoming) -> ClientError {
         let raw = self.read_bounded(body, 64 << 10).await.unwrap_or_default();
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw)
-            && let Some(mut e) = ConnectError::from_json(&v)
-        {
+        let json = serde_json::from_slice::<serde_json::Value>(&raw).ok();
+        if let Some(mut e) = json.as_ref().and_then(ConnectError::from_json) {
             e.message = truncate(e.message, self.limits.max_error_message);
-            return ClientError::Rpc(e);
+            return ClientError::Refused(GuestError::connect(e));
         }
-        ClientError::Http {
-            status,
-            message: truncate(
-                String::from_utf8_lossy(&raw).into_owned(),
-                self.limits.max_error_message,
-            ),
-        }
+        let message = json
+            .as_ref()
+            .and_then(|v| v.get("message")?.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&raw).into_owned());
+        let message = truncate(message, self.limits.max_error_message);
+        ClientError::Refused(GuestError::http(status, message))
     }
 
     /// `GET /health`: Ok once the guest serves.
     pub async fn health(&self) -> Result<(), ClientError> {
-        let resp = self
-            .send(
-                self.request(Method::GET, "/health")
-                    .body(full(Bytes::new()))?,
-            )
-            .await?;
-        let status = resp.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(self.http_error(status, resp.into_body()).await)
-        }
-    }
-
-    /// A unary call, e.g. `unary("process.Process/List", &req)`.
-    pub async fn unary<Req, Resp>(&self, method: &str, req: &Req) -> Result<Resp, ClientError>
-    where
-        Req: prost::Message + Serialize,
-        Resp: prost::Message + DeserializeOwned + Default,
-    {
-        let body = Codec::Json.encode(req);
-        let http = self
-            .request(Method::POST, &format!("/{method}"))
-            .header(
-                header::CONTENT_TYPE,
-                Codec::Json.content_type(CallKind::Unary),
-            )
-            .header("connect-protocol-version", "1")
-            .body(full(body))?;
-        let resp = self.send(http).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.http_error(status, resp.into_body()).await);
-        }
-        let raw = self
-            .read_bounded(resp.into_body(), self.limits.max_message)
-            .await?;
-        Codec::Json
-            .decode(&raw)
-            .map_err(|e| ClientError::Protocol(e.message))
-    }
-
-    /// A server-streaming call; the stream yields messages until the
-    /// end-of-stream envelope.
-    pub async fn server_stream<Req, Resp>(
-        &self,
-        method: &str,
-        req: &Req,
-    ) -> Result<ReplyStream<Resp>, ClientError>
-    where
-        Req: prost::Message + Serialize,
-        Resp: prost::Message + DeserializeOwned + Default,
-    {
-        let body = envelope(0, &Codec::Json.encode(req));
-        let http = self
-            .request(Method::POST, &format!("/{method}"))
-            .header(
-                header::CONTENT_TYPE,
-                Codec::Json.content_type(CallKind::Stream),
-            )
-            .header("connect-protocol-version", "1")
-            .body(full(body))?;
-        let resp = self.send(http).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.http_error(status, resp.into_body()).await);
-        }
-        Ok(ReplyStream {
-            body: Some(BodyStream::new(resp.into_body())),
-            decoder: FrameDecoder::new(self.limits.max_message),
-            done: false,
-            max_error_message: self.limits.max_error_message,
-            _m: std::marker::PhantomData,
-        })
-    }
-
-    /// `GET /files?path=`: the file's bytes as a stream.
-    pub async fn download(
-        &self,
-        path: &str,
-        user: Option<&str>,
-    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>> + use<>, ClientError> {
-        let resp = self
-            .send(
-                self.request(Method::GET, &files_query(path, user))
-                    .body(full(Bytes::new()))?,
-            )
-            .await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.http_error(status, resp.into_body()).await);
-        }
-        Ok(
-            BodyStream::new(resp.into_body()).filter_map(|f| async move {
-                match f {
-                    Ok(frame) => frame.into_data().ok().map(Ok),
-                    Err(e) => Some(Err(ClientError::Body(e))),
-                }
-            }),
-        )
-    }
-
-    /// `POST /files?path=` with an octet-stream body, streamed.
-    pub async fn upload<S>(
-        &self,
-        path: &str,
-        user: Option<&str>,
-        body: S,
-    ) -> Result<(), ClientError>
-    where
-        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static,
-    {
-        let body = BodyExt::boxed(http_body_util::StreamBody::new(
-            body.map(|r| r.map(hyper::body::Frame::data)),
-        ));
-        let http = self
-            .request(Method::POST, &files_query(path, user))
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)?;
-        let resp = self.send(http).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(self.http_error(status, resp.into_body()).await);
-        }
-        self.read_bounded(resp.into_body(), 64 << 10).await?;
+        let req = self
+            .request(Method::GET, "/health", None)
+            .body(full(Bytes::new()))?;
+        self.call(req).await?;
         Ok(())
     }
 }
 
-fn files_query(path: &str, user: Option<&str>) -> String {
-    use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
-    let mut q = format!(
-        "/files?path={}",
-        utf8_percent_encode(path, NON_ALPHANUMERIC)
-    );
-    if let Some(u) = user {
-        q.push_str(&format!(
-            "&username={}",
-            utf8_percent_encode(u, NON_ALPHANUMERIC)
-        ));
-    }
-    q
-}
-
+/// Cuts a message of the guest to `max` bytes (R15).
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
@@ -421,108 +288,4 @@ fn truncate(mut s: String, max: usize) -> String {
         s.push('…');
     }
     s
-}
-
-/// How long a stream's body may go on after its end-of-stream message
-/// before the connection is given up (see [`ReplyStream::finish_body`]).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Frames read after the end-of-stream message before the connection is
-/// given up.
-const DRAIN_FRAMES: usize = 4;
-
-/// Messages of a server stream.
-pub struct ReplyStream<M> {
-    /// `None` once the end-of-stream message has been read.
-    body: Option<BodyStream<hyper::body::Incoming>>,
-    decoder: FrameDecoder,
-    done: bool,
-    max_error_message: usize,
-    _m: std::marker::PhantomData<M>,
-}
-
-impl<M: prost::Message + DeserializeOwned + Default> ReplyStream<M> {
-    /// The next message, `Ok(None)` after a clean end of stream.
-    pub async fn next(&mut self) -> Result<Option<M>, ClientError> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            if let Some(frame) = self.decoder.next_frame()? {
-                if frame.is_end_stream() {
-                    self.done = true;
-                    self.finish_body();
-                    return match frame.end_stream_error()? {
-                        None => Ok(None),
-                        Some(mut e) => {
-                            e.message = truncate(e.message, self.max_error_message);
-                            Err(ClientError::Rpc(e))
-                        }
-                    };
-                }
-                return Codec::Json
-                    .decode(&frame.payload)
-                    .map(Some)
-                    .map_err(|e| ClientError::Protocol(e.message));
-            }
-            let Some(body) = self.body.as_mut() else {
-                return Ok(None);
-            };
-            match body.next().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(ClientError::Body(e)),
-                None => {
-                    self.done = true;
-                    return Err(ClientError::Rpc(ConnectError::new(
-                        Code::Unavailable,
-                        "the stream ended without its end-of-stream message",
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Stops reading messages (the caller has what it needs, e.g. a
-    /// process's end event) and lets the connection go back to the pool:
-    /// what is left of the body is read and dropped (see `finish_body`).
-    pub fn finish(&mut self) {
-        self.done = true;
-        self.finish_body();
-    }
-
-    /// Reads the HTTP body to its end after the end-of-stream message, so the
-    /// connection goes back to the pool: hyper closes a connection whose
-    /// response body is dropped unfinished, and the next call would pay a
-    /// new connect (and the guest an accept). The guest ends the body in the
-    /// same write as the end-of-stream message, so this rarely waits; when it
-    /// would, a task finishes the drain, bounded in frames and time, off the
-    /// caller's path.
-    fn finish_body(&mut self) {
-        let Some(mut body) = self.body.take() else {
-            return;
-        };
-        for _ in 0..DRAIN_FRAMES {
-            match body.next().now_or_never() {
-                Some(Some(Ok(_))) => continue,
-                Some(None | Some(Err(_))) => return,
-                None => {
-                    tokio::spawn(async move {
-                        let drain = async {
-                            for _ in 0..DRAIN_FRAMES {
-                                if !matches!(body.next().await, Some(Ok(_))) {
-                                    break;
-                                }
-                            }
-                        };
-                        let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-                    });
-                    return;
-                }
-            }
-        }
-    }
 }

@@ -1,6 +1,6 @@
-//! A server stream read to its process's end event gives its connection back
-//! to the pool once the caller calls `finish`; dropped unfinished, hyper
-//! closes it and the next call connects again.
+//! A process's events read to its end give their connection back to the
+//! pool; dropped before the end, hyper closes the connection and the next
+//! call connects again.
 
 use std::{
     convert::Infallible,
@@ -16,11 +16,11 @@ use http_body_util::StreamBody;
 use hutch_envd::{
     connect::{Codec, end_stream, envelope},
     process::{
-        ProcessEvent, StartRequest, StartResponse,
+        ProcessEvent, StartResponse,
         process_event::{EndEvent, Event, StartEvent},
     },
 };
-use hutch_guest_client::{Endpoint, GuestClient};
+use hutch_guest_client::{Endpoint, GuestClient, process};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 
@@ -88,30 +88,27 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Makes `calls` calls, each read to its end event, then finished or dropped.
-async fn calls(finish: bool) -> usize {
+/// Makes 5 calls, each read to its end event, or dropped after its start.
+async fn calls(to_the_end: bool) -> usize {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("guest.sock");
     let accepted = serve(tokio::net::UnixListener::bind(&sock).expect("bind"));
     let client = GuestClient::new(Endpoint::Unix(sock));
     for _ in 0..5 {
-        let mut reply = client
-            .server_stream::<_, StartResponse>("process.Process/Start", &StartRequest::default())
-            .await
-            .expect("call");
-        let mut ended = false;
-        while !ended {
-            let msg = reply
+        let mut events = client.start(process::Spec::default()).await.expect("call");
+        loop {
+            let event = events
                 .next()
                 .await
-                .expect("message")
+                .expect("event")
                 .expect("not the end yet");
-            ended = matches!(msg.event.and_then(|e| e.event), Some(Event::End(_)));
+            match event {
+                process::Event::Started { .. } if !to_the_end => break,
+                process::Event::End(_) => break,
+                _ => {}
+            }
         }
-        if finish {
-            reply.finish();
-        }
-        drop(reply);
+        drop(events);
         // Spacing (not a readiness wait): the end-of-stream message comes
         // 10 ms after the end event, and a finished stream's drain needs it.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,7 +117,7 @@ async fn calls(finish: bool) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_stream_gives_its_connection_back() {
+async fn events_read_to_the_end_give_their_connection_back() {
     assert_eq!(
         calls(true).await,
         1,
@@ -128,8 +125,8 @@ async fn a_finished_stream_gives_its_connection_back() {
     );
 }
 
-/// The twin: without `finish`, every call pays a new connection.
+/// The twin: dropped before the end, every call pays a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unfinished_stream_costs_a_connection_per_call() {
+async fn events_dropped_before_the_end_cost_a_connection_per_call() {
     assert_eq!(calls(false).await, 5);
 }

@@ -4,12 +4,12 @@
 //! 1. Normal exit: `exitCode` = code, `exited` = true, `status` = "exit status N",
 //!    `error` = the status when N != 0 (Go's `cmd.Wait` error), absent on 0.
 //! 2. Death by signal: `exitCode` = -1, `exited` = false, `status` =
-//!    "signal: killed" (Go's signal names, " (core dumped)" appended), `error`
-//!    = the status.
+//!    "signal: killed" (Go's signal names, " (core dumped)" appended: see
+//!    `hutch_envd::exit`), `error` = the status.
 //! 3. OOM: before a process starts we read the sandbox cgroup's OOM-kill
 //!    counter; if it died of SIGKILL and the counter rose meanwhile, `error`
-//!    is [`OOM_KILLED_ERROR`] (status stays "signal: killed", as the SDKs
-//!    expect). Hutch's exec API maps that error to `oom: true`.
+//!    is `hutch_envd::exit::OOM_KILLED_ERROR` (status stays "signal: killed",
+//!    as the SDKs expect). The guest client reads it as `oom: true`.
 //!
 //! The counter lives in `memory.events` (cgroup v2, line `oom_kill N`) or
 //! `memory.oom_control` (v1, same line; either at the memory controller's
@@ -21,12 +21,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use hutch_envd::process::process_event::EndEvent;
+use hutch_envd::{
+    exit::{OOM_KILLED_ERROR, signal_status},
+    process::process_event::EndEvent,
+};
 
 use crate::reaper::Exit;
-
-/// `EndEvent.error` of a process the kernel's OOM killer ended.
-pub const OOM_KILLED_ERROR: &str = "out of memory: killed by the OOM killer";
 
 /// Files holding the OOM-kill counter, relative to the cgroup root, in the
 /// order they are tried.
@@ -64,45 +64,6 @@ pub fn parse_oom_kill(text: &str) -> Option<u64> {
     })
 }
 
-/// Go's name for a signal (`syscall.Signal.String()` on Linux).
-pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "hangup",
-        2 => "interrupt",
-        3 => "quit",
-        4 => "illegal instruction",
-        5 => "trace/breakpoint trap",
-        6 => "aborted",
-        7 => "bus error",
-        8 => "floating point exception",
-        9 => "killed",
-        10 => "user defined signal 1",
-        11 => "segmentation fault",
-        12 => "user defined signal 2",
-        13 => "broken pipe",
-        14 => "alarm clock",
-        15 => "terminated",
-        16 => "stack fault",
-        17 => "child exited",
-        18 => "continued",
-        19 => "stopped (signal)",
-        20 => "stopped",
-        21 => "stopped (tty input)",
-        22 => "stopped (tty output)",
-        23 => "urgent I/O condition",
-        24 => "CPU time limit exceeded",
-        25 => "file size limit exceeded",
-        26 => "virtual timer expired",
-        27 => "profiling timer expired",
-        28 => "window changed",
-        29 => "I/O possible",
-        30 => "power failure",
-        31 => "bad system call",
-        n => return format!("signal {n}"),
-    };
-    name.to_owned()
-}
-
 /// The end event of a process that ended with `exit`; `oom_killed` says the
 /// cgroup's OOM-kill counter rose while it ran.
 pub fn end_event(exit: Exit, oom_killed: bool) -> EndEvent {
@@ -120,10 +81,7 @@ pub fn end_event(exit: Exit, oom_killed: bool) -> EndEvent {
             signal,
             core_dumped,
         } => {
-            let mut status = format!("signal: {}", signal_name(signal));
-            if core_dumped {
-                status.push_str(" (core dumped)");
-            }
+            let status = signal_status(signal, core_dumped);
             let error = if oom_killed && signal == libc::SIGKILL {
                 OOM_KILLED_ERROR.to_owned()
             } else {
@@ -196,7 +154,6 @@ mod tests {
             .status,
             "signal: terminated"
         );
-        assert_eq!(signal_name(40), "signal 40");
     }
 
     #[test]

@@ -44,7 +44,6 @@ use hutch_envd::process::{
 use nix::sys::signal::Signal;
 
 pub use error::ProcessError;
-pub use exit::OOM_KILLED_ERROR;
 use fdio::Fd;
 use output::{OutputIo, PumpArgs, Subscriber};
 use spawn::SpawnedIo;
