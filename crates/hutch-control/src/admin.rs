@@ -189,6 +189,25 @@ impl Control {
         result
     }
 
+    /// [`Control::audited`] for a use of sandbox `id` (exec, files, terminal) in the caller's
+    /// workspace: these entries are written in the background (see `audit`).
+    pub(crate) async fn audited_use<T>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        result: Result<T>,
+    ) -> Result<T> {
+        let ws = caller.principal.workspace_id.clone();
+        self.audited(
+            caller,
+            Some(&ws),
+            Action::SandboxUse,
+            Some(id.to_owned()),
+            result,
+        )
+        .await
+    }
+
     // --- workspaces ------------------------------------------------------------------------
 
     pub async fn create_workspace(

@@ -279,7 +279,6 @@ pub struct ExecStream {
 impl Control {
     /// Steps 1–2 of the module docs; the returned stream does the rest.
     pub async fn exec(&self, caller: &Caller, id: &str, req: ExecRequest) -> Result<ExecStream> {
-        let ws = caller.principal.workspace_id.clone();
         let result = async {
             let record = self.lookup(caller, Action::SandboxUse, id).await?;
             if record.state != SandboxState::Running {
@@ -319,14 +318,7 @@ impl Control {
             Ok(stream)
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 }
 

@@ -117,7 +117,6 @@ impl Control {
     where
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
-        let ws = caller.principal.workspace_id.clone();
         let result = async {
             let sid = self.file_target(caller, id, path, user).await?;
             let guest = guest_of(self, &sid)?;
@@ -140,14 +139,7 @@ impl Control {
             result
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 
     /// Steps 1–2 for a filesystem call: the running target, then `call` on its guest.
@@ -167,19 +159,6 @@ impl Control {
         call(guest)
             .await
             .map_err(|e| ControlError::guest(&sid, "file", e))
-    }
-
-    /// Records a file call that changes the sandbox, with its outcome.
-    async fn audited_use<T>(&self, caller: &Caller, id: &str, result: Result<T>) -> Result<T> {
-        let ws = caller.principal.workspace_id.clone();
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
     }
 
     pub async fn list_files(

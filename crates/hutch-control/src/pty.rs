@@ -74,16 +74,8 @@ impl Control {
         id: &str,
         req: PtyRequest,
     ) -> Result<(PtyOutput, PtyInput)> {
-        let ws = caller.principal.workspace_id.clone();
         let result = self.open_pty_inner(caller, id, req).await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxUse,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.audited_use(caller, id, result).await
     }
 
     async fn open_pty_inner(
