@@ -74,7 +74,14 @@ async fn stream(s: &Server, id: &str, bytes: u64) -> (u64, u64) {
 async fn two_gib_of_output_leaves_the_servers_rss_flat() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Server::start(dir.path()).await;
-    let id = s.create(OPERATOR_KEY, json!({"template": "busybox"})).await["id"]
+    // A memory test, not a speed test: the sandbox outlives the default 300 s timeout, which a
+    // loaded 2-core machine can take to push 2 GiB through debug builds.
+    let id = s
+        .create(
+            OPERATOR_KEY,
+            json!({"template": "busybox", "timeout_s": 3600}),
+        )
+        .await["id"]
         .as_str()
         .expect("id")
         .to_owned();
