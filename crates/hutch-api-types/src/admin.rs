@@ -2,15 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A workspace's quota; `null` means unlimited.
+/// A workspace's quota; `null` (or absent) means unlimited. The one quota type: the control
+/// plane checks it and the store keeps it as it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct QuotaBody {
+pub struct Quota {
+    /// Sandboxes holding memory (creating, running, sleeping, waking, stopping).
     #[serde(default)]
     pub max_running_sandboxes: Option<u32>,
+    /// Sum of `memory_mb` over those sandboxes.
     #[serde(default)]
     pub max_memory_mb: Option<u64>,
+    /// Sum of `disk_mb` over every sandbox that is not stopped or failed.
     #[serde(default)]
     pub max_disk_mb: Option<u64>,
 }
@@ -23,7 +27,7 @@ pub struct CreateWorkspace {
     /// 1–63 lowercase letters, digits or `-`.
     pub name: String,
     #[serde(default)]
-    pub quota: Option<QuotaBody>,
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +35,7 @@ pub struct CreateWorkspace {
 pub struct WorkspaceView {
     pub id: String,
     pub name: String,
-    pub quota: QuotaBody,
+    pub quota: Quota,
     pub created_by: Option<String>,
     pub created_at: String,
 }

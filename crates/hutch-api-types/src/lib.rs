@@ -85,7 +85,7 @@ mod sandbox;
 mod template;
 
 pub use admin::{
-    AuditList, AuditView, CreateKey, CreateWorkspace, CreatedKey, KeyList, KeyView, QuotaBody,
+    AuditList, AuditView, CreateKey, CreateWorkspace, CreatedKey, KeyList, KeyView, Quota,
     WorkspaceList, WorkspaceView,
 };
 pub use error::ErrorBody;

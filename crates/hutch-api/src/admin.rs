@@ -5,7 +5,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use hutch_api_types::{
-    AuditList, CreateKey, CreateWorkspace, CreatedKey, ErrorBody, KeyList, QuotaBody, TemplateList,
+    AuditList, CreateKey, CreateWorkspace, CreatedKey, ErrorBody, KeyList, Quota, TemplateList,
     WorkspaceList, WorkspaceView,
 };
 use hutch_control::views::page;
@@ -57,13 +57,13 @@ pub async fn delete_workspace(
 }
 
 #[utoipa::path(put, path = "/v1/workspaces/{id}/quota", tag = "admin",
-    params(("id" = String, Path)), request_body = QuotaBody,
+    params(("id" = String, Path)), request_body = Quota,
     responses((status = 200, body = WorkspaceView), (status = 403, body = ErrorBody)))]
 pub async fn set_quota(
     State(app): State<AppState>,
     Auth(caller): Auth,
     Path(id): Path<String>,
-    JsonBody(quota): JsonBody<QuotaBody>,
+    JsonBody(quota): JsonBody<Quota>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
     Ok(Json(app.control.set_quota(&caller, &id, quota).await?))
 }

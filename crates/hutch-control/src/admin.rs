@@ -14,8 +14,8 @@
 //! entry for mutating calls (outcome `ok`, `denied` or `failed`).
 
 use hutch_api_types::{
-    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, QuotaBody, TemplateList,
-    WorkspaceList, WorkspaceView,
+    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, Quota, TemplateList, WorkspaceList,
+    WorkspaceView,
 };
 use hutch_core::key::ApiKeySecret;
 use hutch_core::workspace::DEFAULT_WORKSPACE;
@@ -224,7 +224,7 @@ impl Control {
                 .create_workspace(NewWorkspace {
                     id: WorkspaceId::generate(),
                     name,
-                    quota: req.quota.unwrap_or_default().into(),
+                    quota: req.quota.unwrap_or_default(),
                     created_by: Some(caller.principal.key_id.clone()),
                     now: Timestamp::now(),
                 })
@@ -296,12 +296,12 @@ impl Control {
         &self,
         caller: &Caller,
         id: &str,
-        quota: QuotaBody,
+        quota: Quota,
     ) -> Result<WorkspaceView> {
         let result = async {
             authorize(&caller.principal, Action::QuotaSet, Scope::Platform)?;
             let id = WorkspaceId::parse(id).map_err(|_| Error::NotFound { kind: "workspace" })?;
-            if !self.store().set_quota(&id, quota.into()).await? {
+            if !self.store().set_quota(&id, quota).await? {
                 return Err(Error::NotFound { kind: "workspace" }.into());
             }
             self.store()

@@ -54,7 +54,7 @@ pub fn workspace(w: &Workspace) -> WorkspaceView {
     WorkspaceView {
         id: w.id.to_string(),
         name: w.name.to_string(),
-        quota: w.quota.into(),
+        quota: w.quota,
         created_by: w.created_by.as_ref().map(ToString::to_string),
         created_at: ts(w.created_at),
     }

@@ -1,25 +1,12 @@
 //! Workspace quotas and host capacity, and the pure checks made at create time.
 
-use hutch_api_types::QuotaBody;
+/// Per-workspace limits (defined with the wire types: one type on the wire, in checks and in
+/// the store).
+pub use hutch_api_types::Quota;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::request::Resources;
-
-/// Per-workspace limits. `None` means unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Sandboxes holding memory (creating, running, sleeping, waking, stopping).
-    #[serde(default)]
-    pub max_running_sandboxes: Option<u32>,
-    /// Sum of `memory_mb` over those sandboxes.
-    #[serde(default)]
-    pub max_memory_mb: Option<u64>,
-    /// Sum of `disk_mb` over every sandbox that is not stopped or failed.
-    #[serde(default)]
-    pub max_disk_mb: Option<u64>,
-}
 
 /// What a workspace (or a host) currently uses, as counted by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -69,27 +56,6 @@ impl From<QuotaError> for Error {
             | QuotaError::HostCpu
             | QuotaError::HostMemory
             | QuotaError::HostDisk => Error::CapacityExhausted(e.to_string()),
-        }
-    }
-}
-
-/// The quota's wire form; `null` fields mean unlimited there as here.
-impl From<QuotaBody> for Quota {
-    fn from(q: QuotaBody) -> Quota {
-        Quota {
-            max_running_sandboxes: q.max_running_sandboxes,
-            max_memory_mb: q.max_memory_mb,
-            max_disk_mb: q.max_disk_mb,
-        }
-    }
-}
-
-impl From<Quota> for QuotaBody {
-    fn from(q: Quota) -> QuotaBody {
-        QuotaBody {
-            max_running_sandboxes: q.max_running_sandboxes,
-            max_memory_mb: q.max_memory_mb,
-            max_disk_mb: q.max_disk_mb,
         }
     }
 }

@@ -147,6 +147,17 @@ impl Lab {
         fs::read_to_string(self.dir.path().join(format!("{id}.log"))).unwrap_or_default()
     }
 
+    /// Waits for a detached container to stop by itself, deletes it and removes its cgroup.
+    pub fn reap(&self, rt: &dyn OciRuntime, id: &str) {
+        wait_until(|| matches!(rt.state(id), Ok(s) if s.status == ContainerStatus::Stopped));
+        rt.delete(id, true).expect("delete");
+        self.cgroups
+            .sandbox(id)
+            .expect("cg")
+            .remove()
+            .expect("rm cg");
+    }
+
     /// Kills, deletes and removes the cgroup of a detached container; asserts nothing is left.
     pub fn stop(&self, rt: &dyn OciRuntime, id: &str) {
         rt.kill(id, Signal::KILL, true).expect("kill");
@@ -556,7 +567,6 @@ pub fn pids_limit_stops_fork_bomb(rt: &dyn OciRuntime, lab: &Lab) {
 /// A descriptor passed with `create_with_fds` is fd 3 of the container's process; without it
 /// (the positive twin) fd 3 is not open there.
 pub fn preserved_fds_reach_the_process(rt: &dyn OciRuntime, lab: &Lab) {
-    use std::io::Read;
     use std::os::fd::AsFd;
     let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
     let id = lab.id();
@@ -573,18 +583,8 @@ pub fn preserved_fds_reach_the_process(rt: &dyn OciRuntime, lab: &Lab) {
     )
     .unwrap_or_else(|e| panic!("{} run_detached_with_fds: {e}", rt.kind()));
     drop(write_end);
-    let mut got = String::new();
-    std::fs::File::from(read_end)
-        .read_to_string(&mut got)
-        .expect("read pipe");
-    assert_eq!(got, "through-fd-3\n");
-    wait_until(|| matches!(rt.state(&id), Ok(s) if s.status == ContainerStatus::Stopped));
-    rt.delete(&id, true).expect("delete");
-    lab.cgroups
-        .sandbox(&id)
-        .expect("cg")
-        .remove()
-        .expect("rm cg");
+    assert_eq!(read_to_end(read_end), "through-fd-3\n");
+    lab.reap(rt, &id);
     assert!(lab.log(&id).contains("wrote"), "{}", lab.log(&id));
 
     let id = lab.id();
@@ -598,20 +598,11 @@ pub fn preserved_fds_reach_the_process(rt: &dyn OciRuntime, lab: &Lab) {
 /// check reports its stdio as host files, and root inside reopens the file through
 /// `/proc/1/fd/1` and grows it (the hole of a dumpable init holding a host file).
 pub fn piped_stdio_holds_no_host_file(rt: &dyn OciRuntime, lab: &Lab) {
-    use std::io::Read;
-    use std::os::fd::OwnedFd;
     use std::sync::Arc;
     let posture = Posture::system();
     let pipe = || {
         let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
         (read_end, ContainerIo::Pipe(Arc::new(write_end)))
-    };
-    let drain = |read_end: OwnedFd| {
-        let mut got = String::new();
-        std::fs::File::from(read_end)
-            .read_to_string(&mut got)
-            .expect("read pipe");
-        got
     };
 
     // Output through the pipe, input at its end at once.
@@ -627,14 +618,8 @@ pub fn piped_stdio_holds_no_host_file(rt: &dyn OciRuntime, lab: &Lab) {
     rt.run_detached(&id, &bundle, &io)
         .unwrap_or_else(|e| panic!("{} run_detached: {e}", rt.kind()));
     drop(io);
-    assert_eq!(drain(read_end), "out\nerr\nread=1\n");
-    wait_until(|| matches!(rt.state(&id), Ok(s) if s.status == ContainerStatus::Stopped));
-    rt.delete(&id, true).expect("delete");
-    lab.cgroups
-        .sandbox(&id)
-        .expect("cg")
-        .remove()
-        .expect("rm cg");
+    assert_eq!(read_to_end(read_end), "out\nerr\nread=1\n");
+    lab.reap(rt, &id);
 
     // No host file: neither for a strict policy (pipes only) nor as a sandbox process.
     let id = lab.id();
@@ -689,4 +674,14 @@ pub fn piped_stdio_holds_no_host_file(rt: &dyn OciRuntime, lab: &Lab) {
         "{}",
         lab.log(&id)
     );
+}
+
+/// Everything written into a pipe until its last writer closes it.
+fn read_to_end(read_end: std::os::fd::OwnedFd) -> String {
+    use std::io::Read;
+    let mut got = String::new();
+    std::fs::File::from(read_end)
+        .read_to_string(&mut got)
+        .expect("read pipe");
+    got
 }
