@@ -102,10 +102,9 @@ async fn steps(
     }
 
     // 5.
-    let offered: Vec<Runtime> = agent.runtimes();
     if let Some(missing) = [Runtime::Crun, Runtime::Runc, Runtime::Runsc]
         .into_iter()
-        .find(|r| !offered.contains(r))
+        .find(|r| !runtimes.contains(r))
     {
         let refused = launch_of(template, resources, missing);
         let refused_id = refused.id.clone();
