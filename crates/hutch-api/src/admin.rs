@@ -19,7 +19,7 @@ pub async fn templates(
     State(app): State<AppState>,
     Auth(caller): Auth,
 ) -> Result<Json<TemplateList>, ApiError> {
-    Ok(Json(app.control.list_templates(&caller).await?))
+    Ok(Json(app.control.templates().list(&caller).await?))
 }
 
 #[utoipa::path(post, path = "/v1/workspaces", tag = "admin", request_body = CreateWorkspace,
@@ -30,7 +30,7 @@ pub async fn create_workspace(
     Auth(caller): Auth,
     JsonBody(req): JsonBody<CreateWorkspace>,
 ) -> Result<(StatusCode, Json<WorkspaceView>), ApiError> {
-    let ws = app.control.create_workspace(&caller, req).await?;
+    let ws = app.control.workspaces().create(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(ws)))
 }
 
@@ -40,7 +40,7 @@ pub async fn list_workspaces(
     State(app): State<AppState>,
     Auth(caller): Auth,
 ) -> Result<Json<WorkspaceList>, ApiError> {
-    Ok(Json(app.control.list_workspaces(&caller).await?))
+    Ok(Json(app.control.workspaces().list(&caller).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/workspaces/{id}", tag = "admin",
@@ -52,7 +52,7 @@ pub async fn delete_workspace(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.control.delete_workspace(&caller, &id).await?;
+    app.control.workspaces().delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -65,7 +65,12 @@ pub async fn set_quota(
     Path(id): Path<String>,
     JsonBody(quota): JsonBody<Quota>,
 ) -> Result<Json<WorkspaceView>, ApiError> {
-    Ok(Json(app.control.set_quota(&caller, &id, quota).await?))
+    Ok(Json(
+        app.control
+            .workspaces()
+            .set_quota(&caller, &id, quota)
+            .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/keys", tag = "admin", request_body = CreateKey,
@@ -76,7 +81,7 @@ pub async fn create_key(
     Auth(caller): Auth,
     JsonBody(req): JsonBody<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
-    let key = app.control.create_key(&caller, req).await?;
+    let key = app.control.keys().create(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(key)))
 }
 
@@ -91,7 +96,8 @@ pub async fn list_keys(
     let q = Query::parse(raw.as_deref(), &["workspace_id"])?;
     Ok(Json(
         app.control
-            .list_keys(&caller, q.get("workspace_id"))
+            .keys()
+            .list(&caller, q.get("workspace_id"))
             .await?,
     ))
 }
@@ -108,7 +114,8 @@ pub async fn revoke_key(
 ) -> Result<StatusCode, ApiError> {
     let q = Query::parse(raw.as_deref(), &["workspace_id"])?;
     app.control
-        .revoke_key(&caller, &id, q.get("workspace_id"))
+        .keys()
+        .revoke(&caller, &id, q.get("workspace_id"))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -126,7 +133,8 @@ pub async fn audit(
     let page = page(q.number("limit")?, q.get("cursor"));
     Ok(Json(
         app.control
-            .list_audit(&caller, q.get("workspace_id"), page)
+            .audit_log()
+            .list(&caller, q.get("workspace_id"), page)
             .await?,
     ))
 }

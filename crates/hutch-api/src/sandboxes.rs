@@ -35,7 +35,7 @@ pub async fn create(
     Auth(caller): Auth,
     JsonBody(req): JsonBody<CreateSandboxRequest>,
 ) -> Result<(StatusCode, Json<SandboxView>), ApiError> {
-    let view = app.control.create_sandbox(&caller, req).await?;
+    let view = app.control.sandboxes().create(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -58,7 +58,7 @@ pub async fn list(
         limit: q.number("limit")?,
         cursor: q.get("cursor").map(str::to_owned),
     };
-    Ok(Json(app.control.list_sandboxes(&caller, query).await?))
+    Ok(Json(app.control.sandboxes().list(&caller, query).await?))
 }
 
 #[utoipa::path(get, path = "/v1/sandboxes/{id}", tag = "sandboxes",
@@ -69,7 +69,7 @@ pub async fn get(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    Ok(Json(app.control.get_sandbox(&caller, &id).await?))
+    Ok(Json(app.control.sandboxes().get(&caller, &id).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/sandboxes/{id}", tag = "sandboxes",
@@ -81,7 +81,7 @@ pub async fn delete(
     Auth(caller): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.control.delete_sandbox(&caller, &id).await?;
+    app.control.sandboxes().delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -94,7 +94,12 @@ pub async fn timeout(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<TimeoutRequest>,
 ) -> Result<Json<SandboxView>, ApiError> {
-    Ok(Json(app.control.set_timeout(&caller, &id, req).await?))
+    Ok(Json(
+        app.control
+            .sandboxes()
+            .set_timeout(&caller, &id, req)
+            .await?,
+    ))
 }
 
 /// With `wait`, the JSON result; else an NDJSON stream of events, one per line, read by the
@@ -112,7 +117,7 @@ pub async fn exec(
     JsonBody(req): JsonBody<ExecRequest, EXEC_LIMIT>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait;
-    let stream = app.control.exec(&caller, &id, req).await?;
+    let stream = app.control.commands().run(&caller, &id, req).await?;
     if wait {
         return Ok(Json(stream.collect().await?).into_response());
     }
@@ -154,7 +159,7 @@ pub async fn pty(
         cwd: q.get("cwd").map(str::to_owned),
         cmd: q.all("cmd"),
     };
-    let (output, input) = app.control.open_pty(&caller, &id, req).await?;
+    let (output, input) = app.control.terminals().open(&caller, &id, req).await?;
     Ok(ws
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| bridge(socket, output, input)))
@@ -228,6 +233,7 @@ pub async fn download(
     let q = Query::parse(raw.as_deref(), FILE_QUERY)?;
     let body = app
         .control
+        .files()
         .download(&caller, &id, q.required("path")?, q.get("user"))
         .await?;
     Ok((
@@ -254,6 +260,7 @@ pub async fn upload(
         .into_data_stream()
         .map(|r| r.map_err(std::io::Error::other));
     app.control
+        .files()
         .upload(&caller, &id, q.required("path")?, q.get("user"), body)
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -270,7 +277,8 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let q = Query::parse(raw.as_deref(), FILE_QUERY)?;
     app.control
-        .remove_file(&caller, &id, q.required("path")?, q.get("user"))
+        .files()
+        .remove(&caller, &id, q.required("path")?, q.get("user"))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -287,7 +295,8 @@ pub async fn list_files(
     let q = Query::parse(raw.as_deref(), FILE_QUERY)?;
     Ok(Json(
         app.control
-            .list_files(&caller, &id, q.required("path")?, q.get("user"))
+            .files()
+            .list(&caller, &id, q.required("path")?, q.get("user"))
             .await?,
     ))
 }
@@ -304,7 +313,8 @@ pub async fn stat(
     let q = Query::parse(raw.as_deref(), FILE_QUERY)?;
     Ok(Json(
         app.control
-            .stat_file(&caller, &id, q.required("path")?, q.get("user"))
+            .files()
+            .stat(&caller, &id, q.required("path")?, q.get("user"))
             .await?,
     ))
 }
@@ -318,7 +328,7 @@ pub async fn mkdir(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<MakeDir>,
 ) -> Result<(StatusCode, Json<FileEntry>), ApiError> {
-    let entry = app.control.make_dir(&caller, &id, req).await?;
+    let entry = app.control.files().make_dir(&caller, &id, req).await?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
@@ -331,5 +341,5 @@ pub async fn move_file(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<MoveFile>,
 ) -> Result<Json<FileEntry>, ApiError> {
-    Ok(Json(app.control.move_file(&caller, &id, req).await?))
+    Ok(Json(app.control.files().rename(&caller, &id, req).await?))
 }

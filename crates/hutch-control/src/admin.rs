@@ -14,8 +14,7 @@
 //! entry for mutating calls (outcome `ok`, `denied` or `failed`).
 
 use hutch_api_types::{
-    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, Quota, TemplateList, WorkspaceList,
-    WorkspaceView,
+    AuditList, CreateKey, CreateWorkspace, CreatedKey, KeyList, Quota, WorkspaceList, WorkspaceView,
 };
 use hutch_core::key::ApiKeySecret;
 use hutch_core::workspace::DEFAULT_WORKSPACE;
@@ -40,6 +39,21 @@ pub struct Bootstrap {
     pub generated_key: Option<ApiKeySecret>,
     /// The `default` workspace.
     pub default_workspace: WorkspaceId,
+}
+
+/// Workspaces and their quotas, borrowed from a [`Control`]: `control.workspaces()`.
+pub struct Workspaces<'a> {
+    pub(crate) control: &'a Control,
+}
+
+/// API keys, borrowed from a [`Control`]: `control.keys()`.
+pub struct Keys<'a> {
+    pub(crate) control: &'a Control,
+}
+
+/// The audit log as the API shows it, borrowed from a [`Control`]: `control.audit_log()`.
+pub struct AuditLog<'a> {
+    pub(crate) control: &'a Control,
 }
 
 impl Control {
@@ -210,16 +224,42 @@ impl Control {
 
     // --- workspaces ------------------------------------------------------------------------
 
-    pub async fn create_workspace(
-        &self,
-        caller: &Caller,
-        req: CreateWorkspace,
-    ) -> Result<WorkspaceView> {
+    // --- keys ------------------------------------------------------------------------------
+
+    /// The workspace a key call is about: the named one, else the caller's.
+    fn key_scope(caller: &Caller, named: Option<&str>) -> Result<WorkspaceId> {
+        match named {
+            None => Ok(caller.principal.workspace_id.clone()),
+            Some(s) => {
+                WorkspaceId::parse(s).map_err(|_| Error::NotFound { kind: "workspace" }.into())
+            }
+        }
+    }
+
+    // --- audit log and templates -----------------------------------------------------------
+}
+
+impl From<hutch_core::QuotaError> for ControlError {
+    fn from(e: hutch_core::QuotaError) -> Self {
+        ControlError::Domain(e.into())
+    }
+}
+
+async fn append_audit(store: &dyn hutch_store::Store, entry: NewAuditEntry) {
+    let action = entry.action.clone();
+    if let Err(e) = store.append_audit(entry).await {
+        tracing::error!(error = %crate::error::chain(&e), action, "appending to the audit log failed");
+    }
+}
+
+impl Workspaces<'_> {
+    pub async fn create(&self, caller: &Caller, req: CreateWorkspace) -> Result<WorkspaceView> {
         let result = async {
             authorize(&caller.principal, Action::WorkspaceCreate, Scope::Platform)?;
             let name = WorkspaceName::parse(&req.name)
                 .map_err(|e| Error::InvalidInput(format!("name: {e}")))?;
             let ws = self
+                .control
                 .store()
                 .create_workspace(NewWorkspace {
                     id: WorkspaceId::generate(),
@@ -234,25 +274,27 @@ impl Control {
         .await;
         let object = result.as_ref().ok().map(|w| w.id.to_string());
         let ws = self
+            .control
             .audited(caller, None, Action::WorkspaceCreate, object, result)
             .await?;
         Ok(views::workspace(&ws))
     }
 
-    pub async fn list_workspaces(&self, caller: &Caller) -> Result<WorkspaceList> {
+    pub async fn list(&self, caller: &Caller) -> Result<WorkspaceList> {
         authorize(&caller.principal, Action::WorkspaceList, Scope::Platform)?;
-        let all = self.store().list_workspaces().await?;
+        let all = self.control.store().list_workspaces().await?;
         Ok(WorkspaceList {
             workspaces: all.iter().map(views::workspace).collect(),
         })
     }
 
     /// Deletes a workspace and everything it owns, its sandboxes destroyed on the host first.
-    pub async fn delete_workspace(&self, caller: &Caller, id: &str) -> Result<()> {
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<()> {
         let result = async {
             authorize(&caller.principal, Action::WorkspaceDelete, Scope::Platform)?;
             let id = WorkspaceId::parse(id).map_err(|_| Error::NotFound { kind: "workspace" })?;
             let ws = self
+                .control
                 .store()
                 .get_workspace(&id)
                 .await?
@@ -265,31 +307,33 @@ impl Control {
             let mut page = PageRequest::first(hutch_store::MAX_PAGE);
             loop {
                 let batch = self
+                    .control
                     .store()
                     .list_sandboxes(&id, &SandboxFilter::default(), &page)
                     .await?;
                 for sb in &batch.items {
-                    self.remove_sandbox(&sb.id).await?;
+                    self.control.remove_sandbox(&sb.id).await?;
                 }
                 match batch.next_cursor {
                     Some(c) => page.cursor = Some(c),
                     None => break,
                 }
             }
-            let deleted = self.store().delete_workspace(&id).await;
-            self.inner.keys.clear();
+            let deleted = self.control.store().delete_workspace(&id).await;
+            self.control.inner.keys.clear();
             deleted?;
             Ok(())
         }
         .await;
-        self.audited(
-            caller,
-            None,
-            Action::WorkspaceDelete,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.control
+            .audited(
+                caller,
+                None,
+                Action::WorkspaceDelete,
+                Some(id.to_owned()),
+                result,
+            )
+            .await
     }
 
     pub async fn set_quota(
@@ -301,35 +345,27 @@ impl Control {
         let result = async {
             authorize(&caller.principal, Action::QuotaSet, Scope::Platform)?;
             let id = WorkspaceId::parse(id).map_err(|_| Error::NotFound { kind: "workspace" })?;
-            if !self.store().set_quota(&id, quota).await? {
+            if !self.control.store().set_quota(&id, quota).await? {
                 return Err(Error::NotFound { kind: "workspace" }.into());
             }
-            self.store()
+            self.control
+                .store()
                 .get_workspace(&id)
                 .await?
                 .ok_or_else(|| Error::NotFound { kind: "workspace" }.into())
         }
         .await;
         let ws = self
+            .control
             .audited(caller, None, Action::QuotaSet, Some(id.to_owned()), result)
             .await?;
         Ok(views::workspace(&ws))
     }
+}
 
-    // --- keys ------------------------------------------------------------------------------
-
-    /// The workspace a key call is about: the named one, else the caller's.
-    fn key_scope(caller: &Caller, named: Option<&str>) -> Result<WorkspaceId> {
-        match named {
-            None => Ok(caller.principal.workspace_id.clone()),
-            Some(s) => {
-                WorkspaceId::parse(s).map_err(|_| Error::NotFound { kind: "workspace" }.into())
-            }
-        }
-    }
-
-    pub async fn create_key(&self, caller: &Caller, req: CreateKey) -> Result<CreatedKey> {
-        let ws = Self::key_scope(caller, req.workspace_id.as_deref())?;
+impl Keys<'_> {
+    pub async fn create(&self, caller: &Caller, req: CreateKey) -> Result<CreatedKey> {
+        let ws = Control::key_scope(caller, req.workspace_id.as_deref())?;
         let result = async {
             authorize(&caller.principal, Action::KeyCreate, Scope::Workspace(&ws))?;
             let role = match req.role.as_str() {
@@ -351,11 +387,12 @@ impl Control {
                 ))
                 .into());
             }
-            if self.store().get_workspace(&ws).await?.is_none() {
+            if self.control.store().get_workspace(&ws).await?.is_none() {
                 return Err(Error::NotFound { kind: "workspace" }.into());
             }
             let secret = ApiKeySecret::generate();
             let key = self
+                .control
                 .store()
                 .create_api_key(NewApiKey::for_secret(
                     &secret,
@@ -371,6 +408,7 @@ impl Control {
         .await;
         let object = result.as_ref().ok().map(|(k, _)| k.id.to_string());
         let (key, secret) = self
+            .control
             .audited(caller, Some(&ws), Action::KeyCreate, object, result)
             .await?;
         Ok(CreatedKey {
@@ -379,88 +417,59 @@ impl Control {
         })
     }
 
-    pub async fn list_keys(&self, caller: &Caller, workspace: Option<&str>) -> Result<KeyList> {
-        let ws = Self::key_scope(caller, workspace)?;
+    pub async fn list(&self, caller: &Caller, workspace: Option<&str>) -> Result<KeyList> {
+        let ws = Control::key_scope(caller, workspace)?;
         authorize(&caller.principal, Action::KeyList, Scope::Workspace(&ws))?;
-        let keys = self.store().list_api_keys(&ws).await?;
+        let keys = self.control.store().list_api_keys(&ws).await?;
         Ok(KeyList {
             keys: keys.iter().map(views::key).collect(),
         })
     }
 
     /// Revokes a key of the caller's workspace (or, for the operator, of `workspace`).
-    pub async fn revoke_key(
-        &self,
-        caller: &Caller,
-        id: &str,
-        workspace: Option<&str>,
-    ) -> Result<()> {
-        let ws = Self::key_scope(caller, workspace)?;
+    pub async fn revoke(&self, caller: &Caller, id: &str, workspace: Option<&str>) -> Result<()> {
+        let ws = Control::key_scope(caller, workspace)?;
         let result = async {
             authorize(&caller.principal, Action::KeyRevoke, Scope::Workspace(&ws))?;
             let id = KeyId::parse(id).map_err(|_| Error::NotFound { kind: "key" })?;
             let revoked = self
+                .control
                 .store()
                 .revoke_api_key(&ws, &id, Timestamp::now())
                 .await?;
-            self.inner.keys.clear();
+            self.control.inner.keys.clear();
             if !revoked {
                 return Err(Error::NotFound { kind: "key" }.into());
             }
             Ok(())
         }
         .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::KeyRevoke,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
+        self.control
+            .audited(
+                caller,
+                Some(&ws),
+                Action::KeyRevoke,
+                Some(id.to_owned()),
+                result,
+            )
+            .await
     }
+}
 
-    // --- audit log and templates -----------------------------------------------------------
-
-    pub async fn list_audit(
+impl AuditLog<'_> {
+    pub async fn list(
         &self,
         caller: &Caller,
         workspace: Option<&str>,
         page: PageRequest,
     ) -> Result<AuditList> {
-        let ws = Self::key_scope(caller, workspace)?;
+        let ws = Control::key_scope(caller, workspace)?;
         authorize(&caller.principal, Action::AuditRead, Scope::Workspace(&ws))?;
-        self.settle_audit().await;
-        let page = self.store().list_audit(&ws, &page).await?;
+        self.control.settle_audit().await;
+        let page = self.control.store().list_audit(&ws, &page).await?;
         Ok(AuditList {
             entries: page.items.iter().map(views::audit).collect(),
             next_cursor: page.next_cursor,
         })
-    }
-
-    pub async fn list_templates(&self, caller: &Caller) -> Result<TemplateList> {
-        let ws = &caller.principal.workspace_id;
-        authorize(
-            &caller.principal,
-            Action::TemplateRead,
-            Scope::Workspace(ws),
-        )?;
-        let all = self.store().list_templates(ws).await?;
-        Ok(TemplateList {
-            templates: all.iter().map(views::template).collect(),
-        })
-    }
-}
-
-impl From<hutch_core::QuotaError> for ControlError {
-    fn from(e: hutch_core::QuotaError) -> Self {
-        ControlError::Domain(e.into())
-    }
-}
-
-async fn append_audit(store: &dyn hutch_store::Store, entry: NewAuditEntry) {
-    let action = entry.action.clone();
-    if let Err(e) = store.append_audit(entry).await {
-        tracing::error!(error = %crate::error::chain(&e), action, "appending to the audit log failed");
     }
 }

@@ -276,50 +276,9 @@ pub struct ExecStream {
     failure: Option<Error>,
 }
 
-impl Control {
-    /// Steps 1–2 of the module docs; the returned stream does the rest.
-    pub async fn exec(&self, caller: &Caller, id: &str, req: ExecRequest) -> Result<ExecStream> {
-        let result = async {
-            let record = self.lookup(caller, Action::SandboxUse, id).await?;
-            if record.state != SandboxState::Running {
-                return Err(Error::Conflict(format!(
-                    "the sandbox is {}, not running",
-                    record.state
-                ))
-                .into());
-            }
-            let exec = validate(req)?;
-            let guest = guest_of(self, &record.id)?;
-            let events = guest
-                .start(exec.spec)
-                .await
-                .map_err(|e| ControlError::guest(&record.id, "program", e))?;
-            self.touch(&record.id);
-            let mut stream = ExecStream {
-                control: self.clone(),
-                id: record.id,
-                guest: Arc::new(guest),
-                events,
-                pid: None,
-                stdin: exec.stdin,
-                deadline: exec.timeout.map(|t| tokio::time::Instant::now() + t),
-                timed_out: false,
-                pending: VecDeque::new(),
-                out: Utf8Splitter::default(),
-                err: Utf8Splitter::default(),
-                finished: false,
-                started: Instant::now(),
-                output_cap: self.inner.config.exec_output_cap,
-                failure: None,
-            };
-            // Wait for the start, so a program that cannot start is an error reply (400, 404)
-            // rather than an event in a 200 stream.
-            stream.await_start().await?;
-            Ok(stream)
-        }
-        .await;
-        self.audited_use(caller, id, result).await
-    }
+/// Commands run in a sandbox, borrowed from a [`Control`]: `control.commands()`.
+pub struct Commands<'a> {
+    pub(crate) control: &'a Control,
 }
 
 impl ExecStream {
@@ -512,6 +471,52 @@ impl Drop for ExecStream {
             let id = self.id.clone();
             handle.spawn(async move { kill(&guest, &id, pid).await });
         }
+    }
+}
+
+impl Commands<'_> {
+    /// Steps 1–2 of the module docs; the returned stream does the rest.
+    pub async fn run(&self, caller: &Caller, id: &str, req: ExecRequest) -> Result<ExecStream> {
+        let result = async {
+            let record = self.control.lookup(caller, Action::SandboxUse, id).await?;
+            if record.state != SandboxState::Running {
+                return Err(Error::Conflict(format!(
+                    "the sandbox is {}, not running",
+                    record.state
+                ))
+                .into());
+            }
+            let exec = validate(req)?;
+            let guest = guest_of(self.control, &record.id)?;
+            let events = guest
+                .start(exec.spec)
+                .await
+                .map_err(|e| ControlError::guest(&record.id, "program", e))?;
+            self.control.touch(&record.id);
+            let mut stream = ExecStream {
+                control: self.control.clone(),
+                id: record.id,
+                guest: Arc::new(guest),
+                events,
+                pid: None,
+                stdin: exec.stdin,
+                deadline: exec.timeout.map(|t| tokio::time::Instant::now() + t),
+                timed_out: false,
+                pending: VecDeque::new(),
+                out: Utf8Splitter::default(),
+                err: Utf8Splitter::default(),
+                finished: false,
+                started: Instant::now(),
+                output_cap: self.control.inner.config.exec_output_cap,
+                failure: None,
+            };
+            // Wait for the start, so a program that cannot start is an error reply (400, 404)
+            // rather than an event in a 200 stream.
+            stream.await_start().await?;
+            Ok(stream)
+        }
+        .await;
+        self.control.audited_use(caller, id, result).await
     }
 }
 

@@ -62,6 +62,11 @@ fn check_user(user: Option<&str>) -> Result<()> {
     }
 }
 
+/// A sandbox's files, borrowed from a [`Control`]: `control.files()`.
+pub struct Files<'a> {
+    pub(crate) control: &'a Control,
+}
+
 impl Control {
     /// Step 1 of the module docs.
     async fn file_target(
@@ -83,6 +88,27 @@ impl Control {
         Ok(record.id)
     }
 
+    /// Steps 1–2 for a filesystem call: the running target, then `call` on its guest.
+    async fn file_call<T, F>(
+        &self,
+        caller: &Caller,
+        id: &str,
+        path: &str,
+        user: Option<&str>,
+        call: impl FnOnce(GuestClient) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T, ClientError>>,
+    {
+        let sid = self.file_target(caller, id, path, user).await?;
+        let guest = guest_of(self, &sid)?;
+        call(guest)
+            .await
+            .map_err(|e| ControlError::guest(&sid, "file", e))
+    }
+}
+
+impl Files<'_> {
     /// A file's bytes, streamed as the consumer reads them.
     pub async fn download(
         &self,
@@ -91,8 +117,8 @@ impl Control {
         path: &str,
         user: Option<&str>,
     ) -> Result<impl Stream<Item = std::io::Result<Bytes>> + Send + use<>> {
-        let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_of(self, &sid)?;
+        let sid = self.control.file_target(caller, id, path, user).await?;
+        let guest = guest_of(self.control, &sid)?;
         let body = guest
             .download(path, user)
             .await
@@ -118,8 +144,8 @@ impl Control {
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         let result = async {
-            let sid = self.file_target(caller, id, path, user).await?;
-            let guest = guest_of(self, &sid)?;
+            let sid = self.control.file_target(caller, id, path, user).await?;
+            let guest = guest_of(self.control, &sid)?;
             // The guest client wants a `Sync` stream; a bounded channel makes one and keeps
             // at most a few chunks in flight.
             let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
@@ -139,29 +165,10 @@ impl Control {
             result
         }
         .await;
-        self.audited_use(caller, id, result).await
+        self.control.audited_use(caller, id, result).await
     }
 
-    /// Steps 1–2 for a filesystem call: the running target, then `call` on its guest.
-    async fn file_call<T, F>(
-        &self,
-        caller: &Caller,
-        id: &str,
-        path: &str,
-        user: Option<&str>,
-        call: impl FnOnce(GuestClient) -> F,
-    ) -> Result<T>
-    where
-        F: Future<Output = Result<T, ClientError>>,
-    {
-        let sid = self.file_target(caller, id, path, user).await?;
-        let guest = guest_of(self, &sid)?;
-        call(guest)
-            .await
-            .map_err(|e| ControlError::guest(&sid, "file", e))
-    }
-
-    pub async fn list_files(
+    pub async fn list(
         &self,
         caller: &Caller,
         id: &str,
@@ -169,6 +176,7 @@ impl Control {
         user: Option<&str>,
     ) -> Result<FileList> {
         let entries = self
+            .control
             .file_call(caller, id, path, user, async |guest| {
                 guest.list_dir(path, 1, user).await
             })
@@ -182,7 +190,7 @@ impl Control {
         })
     }
 
-    pub async fn stat_file(
+    pub async fn stat(
         &self,
         caller: &Caller,
         id: &str,
@@ -190,6 +198,7 @@ impl Control {
         user: Option<&str>,
     ) -> Result<FileEntry> {
         let entry = self
+            .control
             .file_call(caller, id, path, user, async |guest| {
                 guest.stat(path, user).await
             })
@@ -200,29 +209,31 @@ impl Control {
     pub async fn make_dir(&self, caller: &Caller, id: &str, req: MakeDir) -> Result<FileEntry> {
         let user = req.user.as_deref();
         let result = self
+            .control
             .file_call(caller, id, &req.path, user, async |guest| {
                 guest.make_dir(&req.path, user).await
             })
             .await
             .map(file_entry);
-        self.audited_use(caller, id, result).await
+        self.control.audited_use(caller, id, result).await
     }
 
-    pub async fn move_file(&self, caller: &Caller, id: &str, req: MoveFile) -> Result<FileEntry> {
+    pub async fn rename(&self, caller: &Caller, id: &str, req: MoveFile) -> Result<FileEntry> {
         let user = req.user.as_deref();
         let result = async {
             check_path("destination", &req.destination)?;
-            self.file_call(caller, id, &req.source, user, async |guest| {
-                guest.move_entry(&req.source, &req.destination, user).await
-            })
-            .await
-            .map(file_entry)
+            self.control
+                .file_call(caller, id, &req.source, user, async |guest| {
+                    guest.move_entry(&req.source, &req.destination, user).await
+                })
+                .await
+                .map(file_entry)
         }
         .await;
-        self.audited_use(caller, id, result).await
+        self.control.audited_use(caller, id, result).await
     }
 
-    pub async fn remove_file(
+    pub async fn remove(
         &self,
         caller: &Caller,
         id: &str,
@@ -230,10 +241,11 @@ impl Control {
         user: Option<&str>,
     ) -> Result<()> {
         let result = self
+            .control
             .file_call(caller, id, path, user, async |guest| {
                 guest.remove(path, user).await
             })
             .await;
-        self.audited_use(caller, id, result).await
+        self.control.audited_use(caller, id, result).await
     }
 }

@@ -15,6 +15,12 @@
 //! host other than through [`hutch_host::HostAgent`]; trust a guest's replies (R15: every
 //! one is bounded); hold unbounded output (R16); log or store a key's secret.
 //!
+//! [`Control`] holds the shared state and is composed of one service per aggregate, each a
+//! borrow of it: [`Control::sandboxes`], [`Control::commands`], [`Control::terminals`],
+//! [`Control::files`], [`Control::workspaces`], [`Control::keys`], [`Control::audit_log`],
+//! [`Control::templates`]. What spans aggregates (start, recovery, authentication, the
+//! sweeper, metrics) stays on `Control`.
+//!
 //! Every service method takes a [`Caller`] (an authenticated principal and the request id),
 //! checks [`hutch_core::authorize`], and treats another workspace's object as not found.
 //! Every mutating call appends an audit entry with its outcome.
@@ -40,10 +46,14 @@ use hutch_core::{Principal, RequestId, SandboxId};
 use hutch_host::HostAgent;
 use hutch_store::Store;
 
-pub use admin::Bootstrap;
+pub use admin::{AuditLog, Bootstrap, Keys, Workspaces};
 pub use error::{ControlError, Result};
+pub use exec::Commands;
+pub use files::Files;
 pub use metrics::Metrics;
-pub use templates::{LayerSource, ManifestLayers};
+pub use pty::Terminals;
+pub use sandboxes::Sandboxes;
+pub use templates::{LayerSource, ManifestLayers, Templates};
 
 /// Settings of the control plane.
 #[derive(Clone)]
@@ -133,6 +143,46 @@ impl Control {
 
     fn agent(&self) -> &dyn HostAgent {
         self.inner.agent.as_ref()
+    }
+
+    /// The sandbox lifecycle: create, get, list, delete, timeout.
+    pub fn sandboxes(&self) -> Sandboxes<'_> {
+        Sandboxes { control: self }
+    }
+
+    /// Commands in a running sandbox: run, with streamed output and stdin.
+    pub fn commands(&self) -> Commands<'_> {
+        Commands { control: self }
+    }
+
+    /// Interactive terminals in a running sandbox.
+    pub fn terminals(&self) -> Terminals<'_> {
+        Terminals { control: self }
+    }
+
+    /// A running sandbox's files.
+    pub fn files(&self) -> Files<'_> {
+        Files { control: self }
+    }
+
+    /// Workspaces and their quotas.
+    pub fn workspaces(&self) -> Workspaces<'_> {
+        Workspaces { control: self }
+    }
+
+    /// API keys.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys { control: self }
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> AuditLog<'_> {
+        AuditLog { control: self }
+    }
+
+    /// Templates.
+    pub fn templates(&self) -> Templates<'_> {
+        Templates { control: self }
     }
 
     pub fn metrics(&self) -> &Metrics {

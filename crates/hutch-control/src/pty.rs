@@ -66,18 +66,12 @@ fn check_dims(cols: u16, rows: u16) -> Result<()> {
     Ok(())
 }
 
-impl Control {
-    /// Steps 1–3 of the module docs.
-    pub async fn open_pty(
-        &self,
-        caller: &Caller,
-        id: &str,
-        req: PtyRequest,
-    ) -> Result<(PtyOutput, PtyInput)> {
-        let result = self.open_pty_inner(caller, id, req).await;
-        self.audited_use(caller, id, result).await
-    }
+/// Interactive terminals in a sandbox, borrowed from a [`Control`]: `control.terminals()`.
+pub struct Terminals<'a> {
+    pub(crate) control: &'a Control,
+}
 
+impl Control {
     async fn open_pty_inner(
         &self,
         caller: &Caller,
@@ -224,5 +218,18 @@ impl PtyInput {
     /// Ends the terminal's process (the transport went away first).
     pub async fn kill(&self) {
         kill(&self.guest, &self.id, self.pid).await;
+    }
+}
+
+impl Terminals<'_> {
+    /// Steps 1–3 of the module docs.
+    pub async fn open(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: PtyRequest,
+    ) -> Result<(PtyOutput, PtyInput)> {
+        let result = self.control.open_pty_inner(caller, id, req).await;
+        self.control.audited_use(caller, id, result).await
     }
 }

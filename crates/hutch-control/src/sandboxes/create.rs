@@ -12,33 +12,11 @@ use hutch_core::{
 use hutch_host::Launch;
 use hutch_store::{NewSandbox, SandboxRecord, Transition};
 
-use super::launch_failure_reason;
+use super::{Sandboxes, launch_failure_reason};
 use crate::views;
 use crate::{Caller, Control, ControlError, Result};
 
 impl Control {
-    /// Steps 1–4 of "Create" in the module docs.
-    pub async fn create_sandbox(
-        &self,
-        caller: &Caller,
-        req: CreateSandboxRequest,
-    ) -> Result<SandboxView> {
-        let ws = caller.principal.workspace_id.clone();
-        let started = Instant::now();
-        let result = self.create_inner(caller, req).await;
-        let object = match &result {
-            Ok(r) => Some(r.id.to_string()),
-            Err((Some(id), _)) => Some(id.to_string()),
-            Err((None, _)) => None,
-        };
-        let result = result.map_err(|(_, e)| e);
-        let record = self
-            .audited(caller, Some(&ws), Action::SandboxCreate, object, result)
-            .await?;
-        self.metrics().observe_create(started.elapsed());
-        Ok(views::sandbox(&record))
-    }
-
     async fn create_inner(
         &self,
         caller: &Caller,
@@ -191,5 +169,26 @@ impl Control {
                 false
             }
         }
+    }
+}
+
+impl Sandboxes<'_> {
+    /// Steps 1–4 of "Create" in the module docs.
+    pub async fn create(&self, caller: &Caller, req: CreateSandboxRequest) -> Result<SandboxView> {
+        let ws = caller.principal.workspace_id.clone();
+        let started = Instant::now();
+        let result = self.control.create_inner(caller, req).await;
+        let object = match &result {
+            Ok(r) => Some(r.id.to_string()),
+            Err((Some(id), _)) => Some(id.to_string()),
+            Err((None, _)) => None,
+        };
+        let result = result.map_err(|(_, e)| e);
+        let record = self
+            .control
+            .audited(caller, Some(&ws), Action::SandboxCreate, object, result)
+            .await?;
+        self.control.metrics().observe_create(started.elapsed());
+        Ok(views::sandbox(&record))
     }
 }

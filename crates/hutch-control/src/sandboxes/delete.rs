@@ -3,28 +3,10 @@
 
 use hutch_core::{Action, Error, SandboxId, SandboxState};
 
+use super::Sandboxes;
 use crate::{Caller, Control, ControlError, Result};
 
 impl Control {
-    /// Deletes a sandbox: every trace on the host, then its row. Detached from the caller.
-    pub async fn delete_sandbox(&self, caller: &Caller, id: &str) -> Result<()> {
-        let ws = caller.principal.workspace_id.clone();
-        let result = async {
-            let record = self.lookup(caller, Action::SandboxDelete, id).await?;
-            let this = self.clone();
-            tokio::spawn(async move { this.remove_sandbox(&record.id).await }).await?
-        }
-        .await;
-        self.audited(
-            caller,
-            Some(&ws),
-            Action::SandboxDelete,
-            Some(id.to_owned()),
-            result,
-        )
-        .await
-    }
-
     /// "Delete" of the module docs, without authorisation (callers have done it).
     pub(crate) async fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
         let lock = self.inner.locks.of(id);
@@ -64,5 +46,30 @@ impl Control {
         deleted?;
         drop(guard);
         Ok(())
+    }
+}
+
+impl Sandboxes<'_> {
+    /// Deletes a sandbox: every trace on the host, then its row. Detached from the caller.
+    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<()> {
+        let ws = caller.principal.workspace_id.clone();
+        let result = async {
+            let record = self
+                .control
+                .lookup(caller, Action::SandboxDelete, id)
+                .await?;
+            let this = self.control.clone();
+            tokio::spawn(async move { this.remove_sandbox(&record.id).await }).await?
+        }
+        .await;
+        self.control
+            .audited(
+                caller,
+                Some(&ws),
+                Action::SandboxDelete,
+                Some(id.to_owned()),
+                result,
+            )
+            .await
     }
 }

@@ -1,7 +1,7 @@
 //! The sandbox lifecycle (DESIGN §9): create, get, list, delete, timeout, the expiry sweeper
 //! and recovery at start.
 //!
-//! Create ([`Control::create_sandbox`]):
+//! Create ([`Sandboxes::create`]):
 //! 1. authorise, validate the request into a `SandboxSpec`, resolve the template (the
 //!    workspace's own, else the built-in one; it must be `ready`) and the runtime;
 //! 2. under the admission lock: check the workspace quota (429) and the host capacity (503),
@@ -12,7 +12,7 @@
 //! 4. the task: `launch` (makes the template's layers present, returns once the guest
 //!    answers), then CAS `creating → running`. On any failure: `destroy`, then CAS `creating → failed`.
 //!
-//! Delete ([`Control::delete_sandbox`], also used by the sweeper and workspace deletion):
+//! Delete ([`Sandboxes::delete`], also used by the sweeper and workspace deletion):
 //! detached the same way, under the sandbox's lock: CAS to `stopping`, `destroy` on the host,
 //! CAS to `stopped`, remove the row. Every step is idempotent; a failed teardown leaves the
 //! sandbox `failed` so a later delete retries it.
@@ -92,6 +92,11 @@ fn not_found() -> ControlError {
     Error::NotFound { kind: "sandbox" }.into()
 }
 
+/// The sandbox lifecycle, borrowed from a [`Control`]: `control.sandboxes()`.
+pub struct Sandboxes<'a> {
+    pub(crate) control: &'a Control,
+}
+
 impl Control {
     /// The sandbox `id` if the caller may perform `action` on it; another workspace's sandbox
     /// is `not_found`, exactly like a missing one (R11). The operator sees every workspace.
@@ -143,12 +148,58 @@ impl Control {
         Ok(record)
     }
 
-    pub async fn get_sandbox(&self, caller: &Caller, id: &str) -> Result<SandboxView> {
-        let r = self.lookup(caller, Action::SandboxRead, id).await?;
+    async fn transition(
+        &self,
+        from: &SandboxRecord,
+        to: SandboxState,
+        reason: Option<&str>,
+    ) -> Result<SandboxRecord> {
+        let moved = self
+            .store()
+            .transition_sandbox(
+                &from.id,
+                Transition {
+                    expected: from.generation,
+                    to,
+                    reason: reason.map(str::to_owned),
+                    now: Timestamp::now(),
+                },
+            )
+            .await;
+        self.inner.rows.forget(&from.id);
+        Ok(moved?)
+    }
+
+    // --- sweeper ---------------------------------------------------------------------------
+
+    /// Prometheus text, with sandboxes counted by state now. Operator only.
+    pub async fn metrics_text(&self, caller: &Caller) -> Result<String> {
+        if caller.principal.role != Role::Operator {
+            return Err(Error::Forbidden {
+                action: "metrics.read",
+            }
+            .into());
+        }
+        let active = self.store().active_sandboxes().await?;
+        for state in SandboxState::ALL {
+            if state.is_terminal() {
+                continue;
+            }
+            let n = active.iter().filter(|r| r.state == state).count();
+            self.metrics()
+                .set_sandboxes(state.as_str(), i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        Ok(self.metrics().encode())
+    }
+}
+
+impl Sandboxes<'_> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<SandboxView> {
+        let r = self.control.lookup(caller, Action::SandboxRead, id).await?;
         Ok(views::sandbox(&r))
     }
 
-    pub async fn list_sandboxes(&self, caller: &Caller, q: ListSandboxes) -> Result<SandboxList> {
+    pub async fn list(&self, caller: &Caller, q: ListSandboxes) -> Result<SandboxList> {
         let ws = &caller.principal.workspace_id;
         authorize(&caller.principal, Action::SandboxRead, Scope::Workspace(ws))?;
         let state = q
@@ -178,6 +229,7 @@ impl Control {
             );
         }
         let page = self
+            .control
             .store()
             .list_sandboxes(
                 ws,
@@ -194,28 +246,6 @@ impl Control {
         })
     }
 
-    async fn transition(
-        &self,
-        from: &SandboxRecord,
-        to: SandboxState,
-        reason: Option<&str>,
-    ) -> Result<SandboxRecord> {
-        let moved = self
-            .store()
-            .transition_sandbox(
-                &from.id,
-                Transition {
-                    expected: from.generation,
-                    to,
-                    reason: reason.map(str::to_owned),
-                    now: Timestamp::now(),
-                },
-            )
-            .await;
-        self.inner.rows.forget(&from.id);
-        Ok(moved?)
-    }
-
     /// Sets a sandbox's remaining life.
     pub async fn set_timeout(
         &self,
@@ -225,17 +255,21 @@ impl Control {
     ) -> Result<SandboxView> {
         let ws = caller.principal.workspace_id.clone();
         let result = async {
-            let record = self.lookup(caller, Action::SandboxLifecycle, id).await?;
+            let record = self
+                .control
+                .lookup(caller, Action::SandboxLifecycle, id)
+                .await?;
             if !(TIMEOUT_S_MIN..=TIMEOUT_S_MAX).contains(&req.timeout_s) {
                 return Err(Error::InvalidInput(format!(
                     "timeout_s: must be {TIMEOUT_S_MIN} to {TIMEOUT_S_MAX}"
                 ))
                 .into());
             }
-            let lock = self.inner.locks.of(&record.id);
+            let lock = self.control.inner.locks.of(&record.id);
             let _guard = lock.lock().await;
             let now = Timestamp::now();
             let set = self
+                .control
                 .store()
                 .set_sandbox_expiry(
                     &record.workspace_id,
@@ -244,11 +278,12 @@ impl Control {
                     now,
                 )
                 .await;
-            self.inner.rows.forget(&record.id);
+            self.control.inner.rows.forget(&record.id);
             set?.ok_or_else(|| Error::Conflict(format!("the sandbox is {}", record.state)).into())
         }
         .await;
         let record = self
+            .control
             .audited(
                 caller,
                 Some(&ws),
@@ -258,27 +293,5 @@ impl Control {
             )
             .await?;
         Ok(views::sandbox(&record))
-    }
-
-    // --- sweeper ---------------------------------------------------------------------------
-
-    /// Prometheus text, with sandboxes counted by state now. Operator only.
-    pub async fn metrics_text(&self, caller: &Caller) -> Result<String> {
-        if caller.principal.role != Role::Operator {
-            return Err(Error::Forbidden {
-                action: "metrics.read",
-            }
-            .into());
-        }
-        let active = self.store().active_sandboxes().await?;
-        for state in SandboxState::ALL {
-            if state.is_terminal() {
-                continue;
-            }
-            let n = active.iter().filter(|r| r.state == state).count();
-            self.metrics()
-                .set_sandboxes(state.as_str(), i64::try_from(n).unwrap_or(i64::MAX));
-        }
-        Ok(self.metrics().encode())
     }
 }

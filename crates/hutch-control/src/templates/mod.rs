@@ -10,7 +10,10 @@ pub mod builtin;
 use hutch_host::TemplateLayers;
 use hutch_store::TemplateRecord;
 
-use crate::Result;
+use hutch_api_types::TemplateList;
+use hutch_core::{Action, Scope, authorize};
+
+use crate::{Caller, Control, Result, views};
 
 /// Where a template's layer list comes from. The template builder owns the real answer (the
 /// layer manifest in the blob store); until it is wired in, [`ManifestLayers`] passes the
@@ -32,6 +35,27 @@ impl LayerSource for ManifestLayers {
             layers: t.digest.into_iter().collect(),
             default_user: "root".to_owned(),
             default_workdir: None,
+        })
+    }
+}
+
+/// Templates as the API shows them, borrowed from a [`Control`]: `control.templates()`.
+pub struct Templates<'a> {
+    pub(crate) control: &'a Control,
+}
+
+impl Templates<'_> {
+    /// The templates the caller's workspace can use: its own and the built-in ones.
+    pub async fn list(&self, caller: &Caller) -> Result<TemplateList> {
+        let ws = &caller.principal.workspace_id;
+        authorize(
+            &caller.principal,
+            Action::TemplateRead,
+            Scope::Workspace(ws),
+        )?;
+        let all = self.control.store().list_templates(ws).await?;
+        Ok(TemplateList {
+            templates: all.iter().map(views::template).collect(),
         })
     }
 }
