@@ -156,6 +156,7 @@ fn validate(req: ExecRequest) -> Result<ValidExec> {
             user: req.user,
             stdin: req.stdin.is_some(),
             pty: None,
+            // Set at start: the session's tag.
             tag: None,
         },
         stdin: req.stdin,
@@ -486,7 +487,8 @@ impl Commands<'_> {
                 ))
                 .into());
             }
-            let exec = validate(req)?;
+            let mut exec = validate(req)?;
+            exec.spec.tag = Some(self.control.session_tag());
             let guest = guest_of(self.control, &record.id)?;
             let events = guest
                 .start(exec.spec)

@@ -113,7 +113,15 @@ struct Inner {
     /// state change this server makes forgets the row (`Control::transition`, the create,
     /// delete and timeout paths).
     rows: cache::TtlCache<SandboxId, hutch_store::SandboxRecord>,
+    /// The tag prefix of this server's exec and terminal sessions, `hutch-session-<random>-`:
+    /// their processes are named `<prefix><n>` in the guest, so recovery after a crash can tell
+    /// an orphaned session of an earlier server from a process started any other way.
+    session_prefix: String,
+    sessions: std::sync::atomic::AtomicU64,
 }
+
+/// How every exec and terminal session's process tag starts.
+pub(crate) const SESSION_TAG: &str = "hutch-session-";
 
 /// How long an accepted key is trusted without asking the store again.
 const KEY_TTL: Duration = Duration::from_secs(5);
@@ -133,6 +141,8 @@ impl Control {
                 audit_writes: Arc::default(),
                 keys: cache::TtlCache::new(KEY_TTL),
                 rows: cache::TtlCache::new(ROW_TTL),
+                session_prefix: format!("{SESSION_TAG}{:016x}-", rand::random::<u64>()),
+                sessions: std::sync::atomic::AtomicU64::new(0),
             }),
         }
     }
@@ -187,6 +197,20 @@ impl Control {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// A new tag for the process of an exec or terminal session (see `Inner::session_prefix`).
+    fn session_tag(&self) -> String {
+        let n = self
+            .inner
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n}", self.inner.session_prefix)
+    }
+
+    /// Whether `tag` names a session of an earlier server: its client is gone with that server.
+    fn is_orphaned_session(&self, tag: &str) -> bool {
+        tag.starts_with(SESSION_TAG) && !tag.starts_with(&self.inner.session_prefix)
     }
 
     /// Activity on a sandbox (exec, files, PTY). The idle clock of the sleep/wake work hooks

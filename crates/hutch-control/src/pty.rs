@@ -126,7 +126,7 @@ impl Control {
                 cols: req.cols,
                 rows: req.rows,
             }),
-            tag: None,
+            tag: Some(self.session_tag()),
         };
         let mut events = guest
             .start(spec)

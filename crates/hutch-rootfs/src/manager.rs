@@ -86,7 +86,38 @@ impl<O: HostOps> RootfsManager<O> {
             .map_err(io_err("create rootfs root", &root))?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod rootfs root", &root))?;
-        Ok(RootfsManager { root, ops })
+        let manager = RootfsManager { root, ops };
+        manager.remove_stale_pool_files();
+        Ok(manager)
+    }
+
+    /// Removes the half-formatted images (`.pool/<mb>/<pid>-<n>.tmp`) that a filler killed
+    /// mid-format left behind: those of any process but this one, whose fillers may be at work.
+    fn remove_stale_pool_files(&self) {
+        let own = format!("{}-", std::process::id());
+        let Ok(sizes) = fs::read_dir(self.root.join(".pool")) else {
+            return;
+        };
+        for size in sizes.flatten() {
+            let Ok(files) = fs::read_dir(size.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                let stale = path.extension().is_some_and(|x| x == "tmp")
+                    && !f.file_name().to_string_lossy().starts_with(&own);
+                if stale {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(image = %path.display(), "removed a half-formatted pool image")
+                        }
+                        Err(e) => {
+                            tracing::warn!(image = %path.display(), error = %e, "cannot remove a half-formatted pool image")
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub fn ops(&self) -> &O {
@@ -374,6 +405,30 @@ mod tests {
             m.fill_pool(1, 1),
             Err(RootfsError::InvalidDiskSize(1))
         ));
+    }
+
+    #[test]
+    fn start_removes_half_formatted_pool_images_of_other_processes() {
+        let (_tmp, m, _) = manager();
+        m.fill_pool(64, 1).unwrap();
+        let dir = m.root().join(".pool/64");
+        let dead = dir.join("4194305-0.tmp");
+        let ours = dir.join(format!("{}-99.tmp", std::process::id()));
+        std::fs::write(&dead, b"half").unwrap();
+        std::fs::write(&ours, b"in progress").unwrap();
+        let again = RootfsManager::new(m.root(), RecordingHostOps::new()).unwrap();
+        assert!(!dead.exists(), "a dead filler's image survived the start");
+        assert!(ours.exists(), "a live filler's image was removed");
+        assert_eq!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "img"))
+                .count(),
+            1,
+            "finished images are kept"
+        );
+        drop(again);
     }
 
     #[test]

@@ -158,14 +158,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !(r.reattached.is_empty()
         && r.failed.is_empty()
         && r.removed.is_empty()
-        && r.leftovers.is_empty())
+        && r.leftovers.is_empty()
+        && r.ended_sessions == 0)
     {
         say(&format!(
-            "hutch: recovered: {} re-attached, {} failed, {} deletions finished, {} leftovers removed",
+            "hutch: recovered: {} re-attached, {} failed, {} deletions finished, {} leftovers removed, {} orphaned sessions ended",
             r.reattached.len(),
             r.failed.len(),
             r.removed.len(),
-            r.leftovers.len()
+            r.leftovers.len(),
+            r.ended_sessions
         ));
     }
 

@@ -8,6 +8,9 @@
 //! 3. The server is killed with SIGKILL while two sandboxes run; one of them
 //!    dies while the server is down. After a restart the live one is usable,
 //!    the dead one is `failed` with a reason and left nothing behind.
+//!    An exec session cut off by the crash has its process killed at the restart; a process
+//!    left running in the background by a command survives it.
+//!    A half-formatted pool image left by the killed server is gone after the restart.
 //! 4. Delete removes every trace (no mount left under the data dir).
 //!
 //! Needs root, crun and the static guest (`make guest`, or
@@ -304,7 +307,44 @@ fn serve_cli_files_and_sigkill_recovery() {
     ))
     .trim()
     .to_owned();
+    // In `a`: an exec session whose client goes with the server, and a process a command left
+    // running in the background (not a session: it must survive recovery).
+    let mut session = Command::new(env!("CARGO_BIN_EXE_hutch"))
+        .args(["exec", &a, "--", "sleep", "1001"])
+        .env("HUTCH_URL", &server.url)
+        .env("HUTCH_API_KEY", KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running the hutch CLI");
+    ok(&cli(
+        &server,
+        &[
+            "exec",
+            &a,
+            "--",
+            "sh",
+            "-c",
+            "setsid sleep 1002 </dev/null >/dev/null 2>&1 &",
+        ],
+    ));
+    let ps = |server: &Server| ok(&cli(server, &["exec", &a, "--", "ps", "-o", "args"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = ps(&server);
+        if now.contains("sleep 1001") && now.contains("sleep 1002") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the processes did not start: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(server);
+    let _ = session.kill();
+    let _ = session.wait();
     let procs = format!("/sys/fs/cgroup/pids/{PARENT}/{b}/cgroup.procs");
     for pid in std::fs::read_to_string(&procs)
         .expect("the sandbox's cgroup")
@@ -315,11 +355,42 @@ fn serve_cli_files_and_sigkill_recovery() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // The create of `b` took a pooled disk image and started a refill, which the kill may
+    // have cut short; a half-formatted image of a dead filler is planted too, so the check
+    // does not depend on the timing.
+    let pool = data.join("agent/rootfs/.pool");
+    let size = std::fs::read_dir(&pool)
+        .expect("the disk-image pool")
+        .flatten()
+        .next()
+        .expect("a pool of one size")
+        .path();
+    std::fs::write(size.join("4194305-0.tmp"), b"half-formatted").unwrap();
     let server = serve(&data);
+    let litter: Vec<_> = std::fs::read_dir(&size)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && !n.starts_with(&format!("{}-", server.child.id())))
+        .collect();
+    assert!(
+        litter.is_empty(),
+        "crash litter survived the restart: {litter:?}"
+    );
     assert_eq!(
         ok(&cli(&server, &["exec", &a, "--", "cat", "/tmp/in.txt"])),
         "payload\n",
         "the live sandbox is usable after restart"
+    );
+    // Recovery ended the orphaned session's process and left the background one alone.
+    let now = ps(&server);
+    assert!(
+        !now.contains("sleep 1001"),
+        "an orphaned exec session outlived the crash: {now}"
+    );
+    assert!(
+        now.contains("sleep 1002"),
+        "recovery killed a process that was no session: {now}"
     );
     let got = ok(&cli(&server, &["sandbox", "get", &b, "--json"]));
     assert!(

@@ -19,7 +19,8 @@
 //!
 //! Recovery ([`Control::recover`]) at start: every row that is not stopped or failed is
 //! reconciled with the host — `running` ones the host still runs are kept (re-attached: the
-//! guest client comes from the agent), dead or missing ones become `failed` with a reason,
+//! guest client comes from the agent, and the processes of the previous server's exec and
+//! terminal sessions, whose clients are gone, are killed), dead or missing ones become `failed` with a reason,
 //! half-done `creating` ones are torn down and failed, half-done `stopping` ones are finished.
 //! Then whatever the host holds that no live row claims is destroyed.
 
@@ -52,6 +53,8 @@ pub struct RecoveryReport {
     pub removed: Vec<SandboxId>,
     /// Host state no live row claims, destroyed.
     pub leftovers: Vec<SandboxId>,
+    /// Processes of exec and terminal sessions of the previous server, killed.
+    pub ended_sessions: usize,
 }
 
 /// What [`Control::start`] did.

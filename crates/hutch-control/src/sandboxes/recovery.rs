@@ -49,6 +49,7 @@ impl Control {
                 }
                 SandboxState::Running => match self.agent().inspect(&id).await {
                     Ok(HostSandboxState::Running) => {
+                        report.ended_sessions += self.end_orphaned_sessions(&id).await;
                         report.reattached.push(id);
                     }
                     Ok(HostSandboxState::Dead { reason }) => {
@@ -92,11 +93,46 @@ impl Control {
         }
         tracing::info!(
             reattached = report.reattached.len(),
+            ended_sessions = report.ended_sessions,
             failed = report.failed.len(),
             removed = report.removed.len(),
             leftovers = report.leftovers.len(),
             "recovery finished"
         );
         Ok(report)
+    }
+
+    /// Kills the processes of exec and terminal sessions an earlier server started in sandbox
+    /// `id`: their clients went with that server, and a client that goes away ends its
+    /// process. Processes started any other way (directly through the guest, as the E2B SDKs
+    /// do, or in the background by a command) are left alone. Returns how many were killed;
+    /// a guest that does not answer is logged and skipped (the sandbox stays usable).
+    async fn end_orphaned_sessions(&self, id: &hutch_core::SandboxId) -> usize {
+        let guest = match crate::exec::guest_of(self, id) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot reach the guest to end orphaned sessions");
+                return 0;
+            }
+        };
+        let processes = match guest.list_processes().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %crate::error::chain(&e), "listing the guest's processes");
+                return 0;
+            }
+        };
+        let mut ended = 0;
+        for p in processes {
+            if p.tag
+                .as_deref()
+                .is_some_and(|t| self.is_orphaned_session(t))
+            {
+                tracing::info!(sandbox = %id, pid = p.pid, cmd = %p.cmd, "ending a session whose client is gone");
+                crate::exec::kill(&guest, id, p.pid).await;
+                ended += 1;
+            }
+        }
+        ended
     }
 }
