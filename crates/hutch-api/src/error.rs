@@ -51,14 +51,21 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let public = self.0.public();
         let code = public.code();
+        let status = status_of(code);
         if let Some(detail) = self.0.detail() {
-            tracing::error!(code = code.as_str(), detail, "request failed");
+            // A refusal of the client's input (a guest's "no such user") is not the server's
+            // failure: it is kept for debugging, not raised as an error.
+            if status.is_server_error() {
+                tracing::error!(code = code.as_str(), detail, "request failed");
+            } else {
+                tracing::info!(code = code.as_str(), detail, "request refused");
+            }
         }
         let body = ErrorBody {
             code: code.as_str().to_owned(),
             message: public.to_string(),
         };
-        let mut resp = (status_of(code), Json(body)).into_response();
+        let mut resp = (status, Json(body)).into_response();
         resp.extensions_mut().insert(ErrorTag(code));
         resp
     }

@@ -90,9 +90,9 @@ impl ControlError {
             ClientError::Refused(r) => match r.kind {
                 ErrorKind::NotFound => Error::NotFound { kind },
                 ErrorKind::InvalidArgument => Error::InvalidInput(r.message.clone()),
-                ErrorKind::PermissionDenied => {
-                    Error::InvalidInput(format!("permission denied: {}", r.message))
-                }
+                // The guest's message says "permission denied: <path>" already.
+                ErrorKind::PermissionDenied => Error::InvalidInput(r.message.clone()),
+                ErrorKind::UnknownUser => Error::InvalidInput(format!("user: {}", r.message)),
                 ErrorKind::Conflict | ErrorKind::ResourceExhausted => {
                     Error::Conflict(r.message.clone())
                 }

@@ -29,6 +29,13 @@ pub const FLAG_END_STREAM: u8 = 0x02;
 /// Size of an envelope's prefix.
 pub const ENVELOPE_HEADER: usize = 5;
 
+/// A Hutch extension of envd's replies: a 401 for a user the sandbox does not have carries
+/// this header with [`UNKNOWN_USER`], so a client can tell the caller's bad input from a
+/// refused access token (both are `unauthenticated` in envd). The E2B SDKs ignore it.
+pub const REFUSAL_HEADER: &str = "x-hutch-refusal";
+/// The value of [`REFUSAL_HEADER`] for a user the sandbox does not have.
+pub const UNKNOWN_USER: &str = "unknown-user";
+
 /// Connect error codes and the HTTP status each maps to for unary calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A transfer found no room in the sandbox (`/files`).
     NoSpace,
+    /// The user the call acts as does not exist in the sandbox.
+    UnknownUser,
     /// Anything else: the guest failed, or refused the caller itself.
     Other,
 }
@@ -88,6 +90,12 @@ impl GuestError {
             message: e.message,
             wire: Wire::Connect(e.code),
         }
+    }
+
+    /// A refusal of the user the call acts as (see `hutch_envd::connect::REFUSAL_HEADER`).
+    pub(crate) fn unknown_user(mut self) -> GuestError {
+        self.kind = ErrorKind::UnknownUser;
+        self
     }
 
     /// A plain HTTP error status (`/files`, `/health`).

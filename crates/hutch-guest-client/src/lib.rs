@@ -222,7 +222,16 @@ impl GuestClient {
         if status.is_success() {
             Ok(resp)
         } else {
-            Err(self.http_error(status, resp.into_body()).await)
+            let unknown_user = resp
+                .headers()
+                .get(hutch_envd::connect::REFUSAL_HEADER)
+                .is_some_and(|v| v == hutch_envd::connect::UNKNOWN_USER);
+            match self.http_error(status, resp.into_body()).await {
+                ClientError::Refused(e) if unknown_user && status == StatusCode::UNAUTHORIZED => {
+                    Err(ClientError::Refused(e.unknown_user()))
+                }
+                e => Err(e),
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use axum::{
 };
 use base64::Engine as _;
 use hutch_envd::{
-    connect::{Code, ConnectError},
+    connect::{self, Code, ConnectError},
     signing::{self, Operation},
 };
 
@@ -36,6 +36,17 @@ fn unauthorized(message: impl Into<String>) -> Response {
         e.to_json().to_string(),
     )
         .into_response()
+}
+
+/// A 401 for a user the sandbox does not have, marked as such (see
+/// [`hutch_envd::connect::REFUSAL_HEADER`]).
+fn unknown_user(message: impl Into<String>) -> Response {
+    let mut resp = unauthorized(message);
+    resp.headers_mut().insert(
+        connect::REFUSAL_HEADER,
+        header::HeaderValue::from_static(connect::UNKNOWN_USER),
+    );
+    resp
 }
 
 /// How much of a refused request's body is read and dropped before the 401
@@ -169,7 +180,7 @@ impl FromRequestParts<GuestState> for RequestUser {
     ) -> Result<Self, Self::Rejection> {
         let name = requested_user_name(parts).unwrap_or_else(|| state.config.default_user.clone());
         if name.len() > 256 {
-            return Err(unauthorized("user name too long"));
+            return Err(unknown_user("user name too long"));
         }
         if let Some(u) = state.users.get(&state.config.etc_root, &name) {
             return Ok(RequestUser(u));
@@ -178,6 +189,7 @@ impl FromRequestParts<GuestState> for RequestUser {
         let looked = tokio::task::spawn_blocking(move || users.lookup(&etc, &name)).await;
         match looked {
             Ok(Ok(u)) => Ok(RequestUser(u)),
+            Ok(Err(e @ crate::users::UserError::NotFound(_))) => Err(unknown_user(e.to_string())),
             Ok(Err(e)) => Err(unauthorized(e.to_string())),
             Err(_) => Err(unauthorized("user lookup failed")),
         }

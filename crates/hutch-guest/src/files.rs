@@ -71,9 +71,12 @@ const DOWNLOAD_CHUNK: usize = 256 << 10;
 const UPLOAD_CHUNK: usize = 256 << 10;
 /// Buffers in flight between the request body and the writer thread.
 const UPLOAD_QUEUE: usize = 4;
-/// How much of an upload's remaining body is read and dropped after a write
-/// failed (e.g. a full disk), so the error reply reaches the client.
+/// How much of an upload's remaining body is read and dropped after it was
+/// refused or a write failed (e.g. a full disk), and for how long at most, so
+/// the error reply reaches the client: closing a socket with unread data sends
+/// a reset, which the client, still sending, sees instead of the reply.
 const DRAIN_AFTER_ERROR: u64 = 64 << 20;
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Most files one multipart request may carry.
 const MAX_FILES: usize = 1000;
@@ -340,6 +343,7 @@ fn prepare(target: &Path) -> Result<(std::fs::File, bool), FsError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(FsError::io("stat", target, e)),
     };
+    refuse_kernel_interface(parent, target)?;
     // Writing through a symlink writes its target, as envd's open does; the
     // guest runs inside the sandbox, so that target is the sandbox's own.
     let file = std::fs::OpenOptions::new()
@@ -351,6 +355,71 @@ fn prepare(target: &Path) -> Result<(std::fs::File, bool), FsError> {
         .open(target)
         .map_err(|e| FsError::io(if existed { "opening" } else { "creating" }, target, e))?;
     Ok((file, !existed))
+}
+
+/// Reads and drops a bounded rest of a refused upload's body (see [`DRAIN_AFTER_ERROR`]).
+async fn drain<S, E>(body: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        let mut drained = 0u64;
+        while drained < DRAIN_AFTER_ERROR {
+            match body.next().await {
+                Some(Ok(c)) => drained += c.len() as u64,
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// [`drain`] for a multipart body: the rest of every part.
+async fn drain_multipart(multipart: &mut multer::Multipart<'_>) {
+    let _ = tokio::time::timeout(DRAIN_WAIT, async {
+        let mut drained = 0u64;
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(c)) = field.chunk().await {
+                drained += c.len() as u64;
+                if drained >= DRAIN_AFTER_ERROR {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Refuses a target on one of the kernel's interface filesystems (`/proc`, `/sys`, cgroups,
+/// ...): their "files" are controls, not data (`/proc/1/mem` is the guest's own memory), and
+/// an upload is a file transfer.
+fn refuse_kernel_interface(parent: &Path, target: &Path) -> Result<(), FsError> {
+    // From linux/magic.h.
+    const KERNEL_INTERFACES: &[(u32, &str)] = &[
+        (0x9fa0, "proc"),
+        (0x6265_6572, "sysfs"),
+        (0x0027_e0eb, "cgroup"),
+        (0x6367_7270, "cgroup2"),
+        (0x7363_6673, "securityfs"),
+        (0x6462_6720, "debugfs"),
+        (0x7472_6163, "tracefs"),
+        (0xcafe_4a11, "bpf"),
+        (0x6265_6570, "configfs"),
+        (0x6165_676c, "pstore"),
+        (0xde5e_81e4, "efivarfs"),
+        (0xf97c_ff8c, "selinuxfs"),
+    ];
+    let fs = rustix::fs::statfs(parent).map_err(|e| FsError::io("stat", parent, e.into()))?;
+    // `f_type` is signed on some targets; the magic numbers are its bits.
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+    let magic = fs.f_type as u32;
+    match KERNEL_INTERFACES.iter().find(|(m, _)| *m == magic) {
+        Some((_, name)) => Err(FsError::Invalid(format!(
+            "{} is on the kernel's {name} filesystem, not a file the files API writes",
+            target.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Streams `body` into `target` (steps 3 of the upload docs); returns the
@@ -400,16 +469,8 @@ where
             }
             pending.extend_from_slice(&chunk);
             if pending.len() >= UPLOAD_CHUNK && tx.send(pending.split().freeze()).await.is_err() {
-                // The writer stopped: its error is reported below. Read (and
-                // drop) a bounded rest of the body first, so the client, still
-                // sending, gets the error reply instead of a reset connection.
-                let mut drained = 0u64;
-                while drained < DRAIN_AFTER_ERROR {
-                    match body.next().await {
-                        Some(Ok(c)) => drained += c.len() as u64,
-                        _ => break,
-                    }
-                }
+                // The writer stopped: its error is reported below.
+                drain(&mut body).await;
                 return Ok(());
             }
         }
@@ -523,16 +584,40 @@ async fn upload(
                 "the path query parameter is required for a raw-body upload",
             ));
         };
-        let target = resolve_for(&state, &user, &raw)?;
-        let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK);
-        let written = write_file(&state, &user, target, &metadata, stream).await?;
-        return Ok(Json(vec![info(&written)]));
+        let mut stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK);
+        let written = async {
+            let target = resolve_for(&state, &user, &raw)?;
+            write_file(&state, &user, target, &metadata, &mut stream).await
+        }
+        .await;
+        return match written {
+            Ok(path) => Ok(Json(vec![info(&path)])),
+            Err(e) => {
+                drain(&mut stream).await;
+                Err(e)
+            }
+        };
     }
 
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| HttpError::bad_request(format!("bad multipart Content-Type: {e}")))?;
     let mut multipart =
         multer::Multipart::new(ReaderStream::with_capacity(reader, UPLOAD_CHUNK), boundary);
+    let result = upload_parts(&state, &user, query_path, &metadata, &mut multipart).await;
+    if result.is_err() {
+        drain_multipart(&mut multipart).await;
+    }
+    result
+}
+
+/// The files of a multipart upload (step 2 of the upload docs).
+async fn upload_parts(
+    state: &GuestState,
+    user: &User,
+    query_path: Option<String>,
+    metadata: &[(String, Vec<u8>)],
+    multipart: &mut multer::Multipart<'_>,
+) -> Result<Json<Vec<WriteInfo>>, HttpError> {
     let mut written: Vec<WriteInfo> = Vec::new();
     while let Some(mut field) = multipart.next_field().await? {
         if field.name() != Some("file") {
@@ -553,14 +638,14 @@ async fn upload(
                 ));
             }
         };
-        let target = resolve_for(&state, &user, &raw)?;
+        let target = resolve_for(state, user, &raw)?;
         if written.iter().any(|w| Path::new(&w.path) == target) {
             return Err(HttpError::bad_request(format!(
                 "cannot upload several files to the same path {} in one request",
                 target.display()
             )));
         }
-        let path = write_file(&state, &user, target, &metadata, &mut field).await?;
+        let path = write_file(state, user, target, metadata, &mut field).await?;
         written.push(info(&path));
     }
     if written.is_empty() {
@@ -575,6 +660,29 @@ async fn upload(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_into_kernel_interfaces_are_refused() {
+        let proc_target = Path::new("/proc/1/mem");
+        let e = refuse_kernel_interface(Path::new("/proc/1"), proc_target).unwrap_err();
+        assert!(matches!(e, FsError::Invalid(_)), "{e}");
+        assert!(
+            refuse_kernel_interface(Path::new("/sys/kernel"), Path::new("/sys/kernel/x")).is_err()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        refuse_kernel_interface(dir.path(), &dir.path().join("f")).unwrap();
+    }
+
+    #[test]
+    fn busy_and_invalid_errnos_are_the_clients_errors() {
+        let p = Path::new("/.hutch/config");
+        for errno in [libc::EBUSY, libc::ETXTBSY] {
+            let e = FsError::io("moving", p, std::io::Error::from_raw_os_error(errno));
+            assert_eq!(e.http_status(), 409, "{e}");
+        }
+        let e = FsError::io("moving", p, std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert_eq!(e.http_status(), 400, "{e}");
+    }
 
     #[test]
     fn accept_encoding_table() {

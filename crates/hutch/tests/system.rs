@@ -188,15 +188,31 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 fn get(server: &Server, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-H"])
+    call(server, "GET", path, &[], None)
+}
+
+/// `method path` with extra curl arguments and an optional body; (status, body).
+fn call(
+    server: &Server,
+    method: &str,
+    path: &str,
+    extra: &[&str],
+    body: Option<&Path>,
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "-H"])
         .arg(format!("Authorization: Bearer {KEY}"))
+        .args(extra);
+    if let Some(file) = body {
+        cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+    }
+    let out = cmd
         .arg(format!("{}{path}", server.url))
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.parse().unwrap(), body.to_owned())
+    (code.parse().unwrap_or(0), body.to_owned())
 }
 
 #[test]
@@ -440,4 +456,236 @@ fn serve_cli_files_and_sigkill_recovery() {
     let cached = names(&data.join("agent/layers"));
     assert_eq!(cached.len(), 2, "busybox and debian:12: {cached:?}");
     assert_eq!(names(&data.join("blobs/sha256")), cached);
+}
+
+/// One request of [`bad_input_is_a_4xx_never_a_5xx`].
+struct Case {
+    what: &'static str,
+    method: &'static str,
+    path: String,
+    extra: Vec<String>,
+    body: Option<PathBuf>,
+}
+
+fn case(what: &'static str, method: &'static str, path: String, extra: &[&str]) -> Case {
+    Case {
+        what,
+        method,
+        path,
+        extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        body: None,
+    }
+}
+
+fn json_case(what: &'static str, path: String, body: &str) -> Case {
+    case(
+        what,
+        "POST",
+        path,
+        &["-H", "content-type: application/json", "-d", body],
+    )
+}
+
+fn upload_case(what: &'static str, path: String, body: &Path) -> Case {
+    Case {
+        body: Some(body.to_owned()),
+        ..case(what, "PUT", path, &[])
+    }
+}
+
+/// Bad input is the client's error: every request below, each a mistake or a probe a
+/// tenant can make, is answered with a 4xx and a stable error code, never a 5xx (they were
+/// 503s: an unknown user, moving a mount point, uploading to `/proc/1/mem`, and now and then
+/// an upload refused while its body was still being sent). The sandbox stays usable.
+#[test]
+fn bad_input_is_a_4xx_never_a_5xx() {
+    prerequisites();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let server = serve(&tmp.path().join("data"));
+    let id = ok(&cli(
+        &server,
+        &["sandbox", "create", "--template", "busybox"],
+    ))
+    .trim()
+    .to_owned();
+    let small = tmp.path().join("small");
+    std::fs::write(&small, b"xx").unwrap();
+    // Large enough that the refusal races the body still being sent.
+    let large = tmp.path().join("large");
+    std::fs::write(&large, vec![b'x'; 4 << 20]).unwrap();
+    let websocket = [
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+    let sb = format!("/v1/sandboxes/{id}");
+    let exec = format!("{sb}/exec");
+    let files = format!("{sb}/files");
+    let mut cases = vec![
+        json_case(
+            "exec as an unknown user",
+            exec.clone(),
+            r#"{"cmd":["id"],"user":"nobody-such","wait":true}"#,
+        ),
+        json_case(
+            "streamed exec as an unknown user",
+            exec.clone(),
+            r#"{"cmd":["id"],"user":"nobody-such"}"#,
+        ),
+        json_case(
+            "exec in a missing cwd",
+            exec.clone(),
+            r#"{"cmd":["id"],"cwd":"/nonexistent","wait":true}"#,
+        ),
+        json_case(
+            "exec of a missing program",
+            exec.clone(),
+            r#"{"cmd":["/nonexistent"],"wait":true}"#,
+        ),
+        json_case(
+            "exec of a directory",
+            exec,
+            r#"{"cmd":["/tmp"],"wait":true}"#,
+        ),
+        case(
+            "download as an unknown user",
+            "GET",
+            format!("{files}?path=/etc/hostname&user=nobody-such"),
+            &[],
+        ),
+        case(
+            "list as an unknown user",
+            "GET",
+            format!("{files}/list?path=/&user=nobody-such"),
+            &[],
+        ),
+        case(
+            "stat as an unknown user",
+            "GET",
+            format!("{files}/stat?path=/&user=nobody-such"),
+            &[],
+        ),
+        upload_case(
+            "upload as an unknown user",
+            format!("{files}?path=/tmp/u&user=nobody-such"),
+            &small,
+        ),
+        case(
+            "terminal as an unknown user",
+            "GET",
+            format!("{sb}/pty?user=nobody-such"),
+            &websocket,
+        ),
+        json_case(
+            "mkdir as an unknown user",
+            format!("{files}/mkdir"),
+            r#"{"path":"/tmp/d","user":"nobody-such"}"#,
+        ),
+        json_case(
+            "mkdir in /proc",
+            format!("{files}/mkdir"),
+            r#"{"path":"/proc/foo"}"#,
+        ),
+        json_case(
+            "moving the guest's config mount",
+            format!("{files}/move"),
+            r#"{"source":"/.hutch/config","destination":"/tmp/x"}"#,
+        ),
+        json_case(
+            "moving /proc",
+            format!("{files}/move"),
+            r#"{"source":"/proc","destination":"/tmp/p"}"#,
+        ),
+        json_case(
+            "moving a file into /proc",
+            format!("{files}/move"),
+            r#"{"source":"/etc/passwd","destination":"/proc/passwd"}"#,
+        ),
+        case(
+            "removing the guest's config mount",
+            "DELETE",
+            format!("{files}?path=/.hutch/config"),
+            &[],
+        ),
+        case(
+            "removing /.hutch",
+            "DELETE",
+            format!("{files}?path=/.hutch"),
+            &[],
+        ),
+        case(
+            "removing /proc",
+            "DELETE",
+            format!("{files}?path=/proc"),
+            &[],
+        ),
+        upload_case(
+            "upload to /proc/1/mem",
+            format!("{files}?path=/proc/1/mem"),
+            &small,
+        ),
+        upload_case(
+            "upload to /proc/self/mem",
+            format!("{files}?path=/proc/self/mem"),
+            &small,
+        ),
+        upload_case(
+            "upload to /dev/null",
+            format!("{files}?path=/dev/null"),
+            &small,
+        ),
+        case(
+            "download of /proc/1/fd/1",
+            "GET",
+            format!("{files}?path=/proc/1/fd/1"),
+            &[],
+        ),
+        case(
+            "download of /dev/zero",
+            "GET",
+            format!("{files}?path=/dev/zero"),
+            &[],
+        ),
+        case(
+            "download of an empty path",
+            "GET",
+            format!("{files}?path="),
+            &[],
+        ),
+    ];
+    for _ in 0..20 {
+        cases.push(upload_case(
+            "upload over the guest's token",
+            format!("{files}?path=/.hutch/config/token"),
+            &large,
+        ));
+    }
+    let mut wrong = Vec::new();
+    for c in &cases {
+        let extra: Vec<&str> = c.extra.iter().map(String::as_str).collect();
+        let (code, reply) = call(&server, c.method, &c.path, &extra, c.body.as_deref());
+        if !(400..500).contains(&code) || !reply.contains("\"code\"") {
+            wrong.push(format!(
+                "{}: {} {} -> {code} {reply}",
+                c.what, c.method, c.path
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not a 4xx with a code:\n{}",
+        wrong.join("\n")
+    );
+    // Nothing was lost: the sandbox answers, and the unknown user's upload wrote nothing.
+    assert_eq!(
+        ok(&cli(&server, &["exec", &id, "--", "echo", "fine"])),
+        "fine\n"
+    );
+    let (code, _) = get(&server, &format!("{files}?path=/tmp/u"));
+    assert_eq!(code, 404, "the unknown user's upload wrote a file");
 }

@@ -31,6 +31,9 @@ pub enum FsError {
     TooLarge(String),
     #[error("{0}")]
     Exhausted(String),
+    /// A mount point, or a program that is running (`EBUSY`, `ETXTBSY`).
+    #[error("{0} is in use (a mount point or a running program)")]
+    Busy(String),
     #[error("{op} {path} failed")]
     Io {
         op: &'static str,
@@ -56,6 +59,9 @@ impl FsError {
             Some(libc::ELOOP) => {
                 FsError::Invalid(format!("too many levels of symbolic links at {p}"))
             }
+            Some(libc::EBUSY | libc::ETXTBSY) => FsError::Busy(p),
+            Some(libc::EINVAL) => FsError::Invalid(format!("{op} {p}: invalid argument")),
+            Some(libc::EFBIG) => FsError::TooLarge(format!("{p}: file too large")),
             Some(libc::ENAMETOOLONG) => FsError::Invalid(format!("path too long: {p}")),
             Some(libc::EXDEV) => FsError::Invalid(format!(
                 "{op} {p}: source and destination are on different filesystems"
@@ -78,6 +84,7 @@ impl FsError {
             }
             FsError::NotFound(_) => Code::NotFound,
             FsError::AlreadyExists(_) => Code::AlreadyExists,
+            FsError::Busy(_) => Code::FailedPrecondition,
             FsError::PermissionDenied(_) => Code::PermissionDenied,
             FsError::NoSpace(_) | FsError::TooLarge(_) | FsError::Exhausted(_) => {
                 Code::ResourceExhausted
@@ -91,7 +98,7 @@ impl FsError {
         match self {
             FsError::Invalid(_) | FsError::NotADirectory(_) | FsError::IsADirectory(_) => 400,
             FsError::NotFound(_) => 404,
-            FsError::AlreadyExists(_) => 409,
+            FsError::AlreadyExists(_) | FsError::Busy(_) => 409,
             FsError::PermissionDenied(_) => 403,
             FsError::NoSpace(_) => 507,
             FsError::TooLarge(_) => 413,
