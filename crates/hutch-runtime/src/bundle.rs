@@ -35,6 +35,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 
+use crate::posture::MountPolicy;
 use crate::seccomp;
 use crate::spec::{CpuLimit, ValidSpec};
 
@@ -95,6 +96,19 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
     "/sys/fs/cgroup",
 ];
+
+/// What the masked and read-only paths of a bundle look like from outside, for the posture
+/// check (R17): paths every kernel has, and `/sys` with everything under it (the cgroup
+/// mounts included) read-only. Empty when the spec turns those paths off.
+pub fn mount_policy_of(spec: &ValidSpec) -> MountPolicy {
+    if !spec.get().isolation.masked_and_readonly_paths {
+        return MountPolicy::default();
+    }
+    MountPolicy {
+        read_only: ["/proc/sys", "/sys"].map(String::from).to_vec(),
+        masked: ["/proc/cmdline"].map(String::from).to_vec(),
+    }
+}
 
 /// The character devices a sandbox may use: (major, minor) of null, zero, full, random,
 /// urandom, tty, ptmx, and the devpts range. The runtime creates the nodes itself.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hutch_cgroup::{CgroupFs, CgroupParent};
-use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
+use hutch_runtime::bundle::{capabilities_of, capability_mask, mount_policy_of, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy, Mismatch, Posture};
 use hutch_runtime::{
     ContainerIo, ContainerSpec, ContainerStatus, CpuLimit, Isolation, OciRuntime, RuntimeError,
@@ -310,6 +310,7 @@ fn expected_for(spec: &ValidSpec, seccomp_mode: u8) -> Expected {
             allowed_targets: vec![],
             sandbox_files: false,
         },
+        mounts: mount_policy_of(spec),
     }
 }
 
@@ -332,10 +333,11 @@ pub fn posture_from_outside(rt: &dyn OciRuntime, lab: &Lab) {
     lab.stop(rt, &id);
     assert!(report.is_ok(), "default posture: {:?}", report.mismatches);
 
-    // Negative twin: seccomp off, SYS_ADMIN added, no_new_privs off — each is reported.
+    // Negative twin: seccomp off, SYS_ADMIN added, no_new_privs off, masked and read-only
+    // paths off — each is reported.
     let id = lab.id();
     let mut spec = lab.spec(&id, &["sleep", "30"]);
-    spec.isolation = weak(false, &[Capability::SysAdmin], true);
+    spec.isolation = weak(false, &[Capability::SysAdmin], false);
     lab.start(rt, &id, spec);
     let pid = rt.pid(&id).expect("pid").expect("running");
     wait_for_exec(pid, "sleep");
@@ -351,6 +353,18 @@ pub fn posture_from_outside(rt: &dyn OciRuntime, lab: &Lab) {
         "{m:?}"
     );
     assert!(m.contains(&Mismatch::NoNewPrivs { actual: false }), "{m:?}");
+    assert!(
+        m.contains(&Mismatch::NotMasked {
+            path: "/proc/cmdline".into()
+        }),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|x| matches!(x, Mismatch::WritableMount { path, .. }
+            if path == "/sys/fs/cgroup")),
+        "{m:?}"
+    );
     assert!(
         m.iter().any(
             |x| matches!(x, Mismatch::Capabilities { set: "effective", actual, .. }
