@@ -1016,7 +1016,8 @@ fn sections(out: &str) -> Vec<String> {
 }
 
 /// What root inside learns of the host by looking around (issue 9, item 8), on both runtimes:
-/// `/proc/cmdline`, `/proc/partitions` and the host's block devices are hidden;
+/// `/proc/cmdline`, `/proc/partitions`, `/proc/kpageflags` and the host's block devices are
+/// hidden;
 /// `/proc/self/mountinfo` names no layer digest and no host dir of the overlay (the data dir
 /// shows only as the root of the guest config's bind, which `docs/decisions.md` lists); and
 /// nothing can be written or mounted under `/sys/fs/cgroup`. The twin: a sandbox with masked
@@ -1039,7 +1040,7 @@ async fn host_facts_stay_outside() {
     let look = "cat /proc/cmdline; echo --; \
                 ls /sys/block /sys/class/block /sys/dev/block /sys/devices/virtual/block \
                   | grep -v ':$'; echo --; \
-                cat /proc/partitions /proc/diskstats; echo --; \
+                cat /proc/partitions /proc/diskstats; head -c 8 /proc/kpageflags; echo --; \
                 cat /proc/self/mountinfo; echo --; \
                 touch /sys/fs/cgroup/x && echo wrote; \
                 mkdir /sys/fs/cgroup/y && echo wrote; \

@@ -83,6 +83,10 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/block",
     // Every host user's key quota (keyctl is refused by seccomp anyway).
     "/proc/key-users",
+    // The state of every physical page of the host (root inside reads them: no user namespace).
+    "/proc/kpagecgroup",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
 ];
 
 /// Paths the sandbox sees read-only: Docker's set, plus `/sys/fs/cgroup`, which runc mounts on
