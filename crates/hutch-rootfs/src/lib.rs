@@ -21,7 +21,9 @@
 //!    is then bounded by the image: writing past it gives ENOSPC inside the
 //!    sandbox and nothing outside changes. (The kernel here has no
 //!    CONFIG_QUOTA, so XFS/ext4 project quotas are not an option.)
-//! 4. Mount the overlay at `rootfs/`.
+//! 4. Mount the overlay at `rootfs/`, every layer named `.` in its options
+//!    (the sandbox reads them in `/proc/self/mountinfo`; see
+//!    [`RealHostOps`]'s `mount_overlay`).
 //! 5. On any failure, undo whatever was done (teardown).
 //!
 //! [`RootfsManager::teardown`] finds what exists — mounts under the state dir

@@ -56,7 +56,8 @@ pub trait HostOps: Send + Sync {
     /// Mounts the ext4 filesystem on `device` at `target` (nosuid, nodev, noatime).
     fn mount_ext4(&self, device: &Path, target: &Path) -> Result<(), OpError>;
     /// Mounts an overlay (nosuid, nodev, volatile; index, xino, redirect_dir,
-    /// metacopy off).
+    /// metacopy off) whose options, which the sandbox can read, name no host
+    /// path where the kernel allows it (6.8 and later).
     fn mount_overlay(&self, spec: &OverlaySpec) -> Result<(), OpError>;
     /// Bind-mounts `source` read-only at `target`.
     fn bind_mount_ro(&self, source: &Path, target: &Path) -> Result<(), OpError>;

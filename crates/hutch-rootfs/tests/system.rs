@@ -205,6 +205,75 @@ fn crash_recovery_and_leftover_cleanup() {
     assert!(m.list().unwrap().is_empty());
 }
 
+/// The mountinfo line of the mount at `target` (the last one there).
+fn mountinfo_of(target: &Path) -> String {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let at = format!(" {} ", target.display());
+    text.lines()
+        .rfind(|l| l.contains(&at))
+        .unwrap_or_else(|| panic!("{} not mounted", target.display()))
+        .to_owned()
+}
+
+/// The overlay's options, which a sandbox reads in its mountinfo, name no
+/// host path: no layer, upper or work dir, nothing of the data dir. Layers
+/// stack as given (the top-most wins). The twin: the same layers mounted by
+/// path (the fallback before kernel 6.8) show all of them.
+#[test]
+fn overlay_options_name_no_host_path() {
+    prerequisites();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = busybox_layer(tmp.path());
+    let top = tmp.path().join("layer-top");
+    fs::create_dir_all(top.join("etc")).unwrap();
+    fs::write(top.join("etc/hostname"), "top\n").unwrap();
+    fs::write(base.join("etc/hostname"), "base\n").unwrap();
+    let m = RootfsManager::new(tmp.path().join("rootfs"), RealHostOps::default()).unwrap();
+    let _guard = Guard(m.root().to_path_buf());
+    let p = m
+        .prepare(
+            "sbnames",
+            &PrepareSpec {
+                lower: vec![top.clone(), base.clone()],
+                disk_mb: Some(16),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(p.rootfs.join("etc/hostname")).unwrap(),
+        "top\n"
+    );
+    assert!(p.rootfs.join("bin/busybox").exists());
+    let line = mountinfo_of(&p.rootfs);
+    let options = line.split(" - ").nth(1).unwrap();
+    assert!(
+        options.contains("lowerdir+=.,lowerdir+=.,upperdir=.,workdir=."),
+        "{line}"
+    );
+    let host = tmp.path().to_string_lossy().into_owned();
+    assert!(!options.contains(&host), "{line}");
+    assert!(!options.contains("sbnames"), "{line}");
+
+    // The twin: mounted by path, the options hold every host path.
+    let twin = tmp.path().join("twin");
+    for d in ["upper", "work", "rootfs"] {
+        fs::create_dir_all(twin.join(d)).unwrap();
+    }
+    let spec = hutch_rootfs::OverlaySpec {
+        lower: vec![top.clone(), base.clone()],
+        upper: twin.join("upper"),
+        work: twin.join("work"),
+        target: twin.join("rootfs"),
+    };
+    hutch_rootfs::real::mount_overlay_by_paths(&spec).unwrap();
+    let line = mountinfo_of(&spec.target);
+    RealHostOps::default().unmount(&spec.target, false).unwrap();
+    for p in [&top, &base, &spec.upper, &spec.work] {
+        assert!(line.contains(&*p.to_string_lossy()), "{p:?}: {line}");
+    }
+    m.teardown("sbnames").unwrap();
+}
+
 /// Tears down everything under a manager's root when a test ends, even by a
 /// panic, so a failed assertion leaves no mount or loop device behind.
 struct Guard(PathBuf);

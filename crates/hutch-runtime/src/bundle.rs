@@ -35,6 +35,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 
+use crate::posture::MountPolicy;
 use crate::seccomp;
 use crate::spec::{CpuLimit, ValidSpec};
 
@@ -51,8 +52,12 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::NetBindService,
 ];
 
-/// Paths hidden from the sandbox (a bind of `/dev/null` or an empty read-only tmpfs).
+/// Paths hidden from the sandbox (a bind of `/dev/null` over a file, an empty read-only tmpfs
+/// over a directory; a path the kernel does not have is skipped). The first group is Docker's
+/// default set; the rest name host devices, host files or other sandboxes, and nothing a
+/// sandbox runs needs them (`docs/decisions.md`, Isolation, gives the reason for each).
 pub const MASKED_PATHS: &[&str] = &[
+    // Docker's defaults.
     "/proc/acpi",
     "/proc/asound",
     "/proc/interrupts",
@@ -65,16 +70,49 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/timer_stats",
     "/sys/devices/virtual/powercap",
     "/sys/firmware",
+    // The host's boot line and kernel build.
+    "/proc/cmdline",
+    "/proc/config.gz",
+    // Host block devices: every sandbox's loop device, named by its image's host path.
+    "/proc/diskstats",
+    "/proc/partitions",
+    "/proc/swaps",
+    "/sys/block",
+    "/sys/class/block",
+    "/sys/dev/block",
+    "/sys/devices/virtual/block",
+    // Every host user's key quota (keyctl is refused by seccomp anyway).
+    "/proc/key-users",
+    // The state of every physical page of the host (root inside reads them: no user namespace).
+    "/proc/kpagecgroup",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
 ];
 
-/// Paths the sandbox sees read-only.
+/// Paths the sandbox sees read-only: Docker's set, plus `/sys/fs/cgroup`, which runc mounts on
+/// cgroup v1 as a writable tmpfs holding the (read-only) controller mounts (see
+/// `standard_mounts`).
 pub const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
     "/proc/sys",
     "/proc/sysrq-trigger",
+    "/sys/fs/cgroup",
 ];
+
+/// What the masked and read-only paths of a bundle look like from outside, for the posture
+/// check (R17): paths every kernel has, and `/sys` with everything under it (the cgroup
+/// mounts included) read-only. Empty when the spec turns those paths off.
+pub fn mount_policy_of(spec: &ValidSpec) -> MountPolicy {
+    if !spec.get().isolation.masked_and_readonly_paths {
+        return MountPolicy::default();
+    }
+    MountPolicy {
+        read_only: ["/proc/sys", "/sys"].map(String::from).to_vec(),
+        masked: ["/proc/cmdline"].map(String::from).to_vec(),
+    }
+}
 
 /// The character devices a sandbox may use: (major, minor) of null, zero, full, random,
 /// urandom, tty, ptmx, and the devpts range. The runtime creates the nodes itself.
@@ -180,7 +218,14 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount 
     m
 }
 
-fn standard_mounts() -> Vec<Mount> {
+/// The kernel's and the runtime's file systems; `locked` adds the recursive read-only
+/// `/sys/fs/cgroup` (part of the masked and read-only paths).
+fn standard_mounts(locked: bool) -> Vec<Mount> {
+    let cgroup_options: &[&str] = if locked {
+        &["nosuid", "noexec", "nodev", "relatime", "ro", "rro"]
+    } else {
+        &["nosuid", "noexec", "nodev", "relatime", "ro"]
+    };
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
@@ -220,12 +265,12 @@ fn standard_mounts() -> Vec<Mount> {
             "sysfs",
             &["nosuid", "noexec", "nodev", "ro"],
         ),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        ),
+        // On cgroup v1 the runtimes mount a tmpfs here holding one mount per controller, and
+        // `ro` alone leaves that tmpfs writable. `rro` (recursive read-only) makes crun mount
+        // all of it read-only; runc ignores `rro` for v1, and `/sys/fs/cgroup` in
+        // `READONLY_PATHS` covers it. (That entry alone would not do for crun 1.8: its
+        // recursive bind for read-only paths makes the controller mounts under it writable.)
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_options),
     ]
 }
 
@@ -326,7 +371,7 @@ pub fn build_spec(spec: &ValidSpec) -> Spec {
     root.set_path(s.rootfs.clone());
     root.set_readonly(Some(s.readonly_rootfs));
 
-    let mut mounts = standard_mounts();
+    let mut mounts = standard_mounts(s.isolation.masked_and_readonly_paths);
     for b in &s.bind_mounts {
         let mut options = vec!["rbind", "nosuid", "nodev"];
         options.push(if b.readonly { "ro" } else { "rw" });
@@ -526,6 +571,9 @@ mod tests {
             "/proc/keys",
             "/proc/timer_list",
             "/sys/firmware",
+            "/proc/cmdline",
+            "/sys/block",
+            "/sys/devices/virtual/block",
         ] {
             assert!(masked.iter().any(|m| m == p), "{p}");
         }
@@ -536,6 +584,7 @@ mod tests {
             "/proc/irq",
             "/proc/bus",
             "/proc/fs",
+            "/sys/fs/cgroup",
         ] {
             assert!(ro.iter().any(|m| m == p), "{p}");
         }
@@ -551,6 +600,20 @@ mod tests {
                 .iter()
                 .any(|o| o == "ro")
         );
+        let cgroup = mounts
+            .iter()
+            .find(|m| m["destination"] == "/sys/fs/cgroup")
+            .expect("cgroup");
+        for o in ["ro", "rro"] {
+            assert!(
+                cgroup["options"]
+                    .as_array()
+                    .expect("o")
+                    .iter()
+                    .any(|x| x == o),
+                "{o}"
+            );
+        }
         let guest = mounts
             .iter()
             .find(|m| m["destination"] == "/hutch/guest")

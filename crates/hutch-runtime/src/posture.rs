@@ -21,7 +21,11 @@
 //!    counts as the sandbox's own when the mount it was opened through (`fdinfo/<fd>`'s
 //!    `mnt_id`) is one of the process's own mounts (`mountinfo`); a descriptor of a host file
 //!    handed in from outside names a mount of the host's mount namespace, which the sandbox's
-//!    does not list, whatever its path reads.
+//!    does not list, whatever its path reads;
+//! 5. read `mountinfo` and report each path of the [`MountPolicy`] that is not masked (no
+//!    mount of its own) or at or under which a mount in use is writable: the runtime did
+//!    what the bundle's masked and read-only paths asked (the last mount at a path is the
+//!    one in use).
 
 use std::collections::HashSet;
 use std::fs;
@@ -82,6 +86,15 @@ impl FdPolicy {
     }
 }
 
+/// What the process's mount table must show (step 5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountPolicy {
+    /// Paths at and under which every mount in use is read-only.
+    pub read_only: Vec<String>,
+    /// Paths that must be covered by a mount of their own (masked).
+    pub masked: Vec<String>,
+}
+
 /// What the sandbox's process is expected to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
@@ -92,6 +105,7 @@ pub struct Expected {
     /// 2 = seccomp filter mode.
     pub seccomp_mode: u8,
     pub fds: FdPolicy,
+    pub mounts: MountPolicy,
 }
 
 /// One way the process differs from what was expected.
@@ -127,6 +141,15 @@ pub enum Mismatch {
         fd: u32,
         target: String,
         mnt_id: u64,
+    },
+    /// A mount that should be read-only is writable.
+    WritableMount {
+        path: String,
+        options: String,
+    },
+    /// A path that should be masked has no mount of its own.
+    NotMasked {
+        path: String,
     },
 }
 
@@ -219,6 +242,7 @@ impl Posture {
         }
 
         mismatches.extend(self.check_fds(pid, &expected.fds)?);
+        mismatches.extend(check_mounts(&dir.join("mountinfo"), &expected.mounts)?);
         Ok(Report { pid, mismatches })
     }
 
@@ -299,6 +323,46 @@ fn fd_mount(dir: &Path, fd: u32) -> Result<Option<u64>, PostureError> {
         path,
         reason: format!("mnt_id {value:?}: {e}"),
     })
+}
+
+/// Step 5: the mounts in use (the last at each mount point) of a `mountinfo` file against
+/// `policy`.
+fn check_mounts(path: &Path, policy: &MountPolicy) -> Result<Vec<Mismatch>, PostureError> {
+    if policy.read_only.is_empty() && policy.masked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let text = fs::read_to_string(path).map_err(io("read mountinfo", path))?;
+    let mut in_use: Vec<(&str, &str)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split(' ').skip(4);
+        let (Some(at), Some(options)) = (fields.next(), fields.next()) else {
+            return Err(PostureError::Parse {
+                path: path.to_path_buf(),
+                reason: format!("short line {line:?}"),
+            });
+        };
+        in_use.retain(|(a, _)| *a != at);
+        in_use.push((at, options));
+    }
+    let under =
+        |at: &str, p: &str| at == p || at.strip_prefix(p).is_some_and(|r| r.starts_with('/'));
+    let mut mismatches = Vec::new();
+    for p in &policy.masked {
+        if !in_use.iter().any(|(at, _)| at == p) {
+            mismatches.push(Mismatch::NotMasked { path: p.clone() });
+        }
+    }
+    for p in &policy.read_only {
+        for (at, options) in in_use.iter().filter(|(at, _)| under(at, p)) {
+            if !options.split(',').any(|o| o == "ro") {
+                mismatches.push(Mismatch::WritableMount {
+                    path: (*at).to_owned(),
+                    options: (*options).to_owned(),
+                });
+            }
+        }
+    }
+    Ok(mismatches)
 }
 
 /// The mount ids (first field of each line) of a `mountinfo` file.
@@ -388,6 +452,12 @@ mod tests {
 301 300 0:61 / / rw,relatime - overlay overlay rw,lowerdir=l,upperdir=u,workdir=w
 302 301 0:63 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw
 303 301 0:64 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
+304 301 0:67 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs ro
+305 304 0:68 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=755
+306 305 0:36 / /sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,pids
+307 302 0:6 /null /proc/cmdline ro,relatime - devtmpfs devtmpfs rw,mode=755
+308 305 0:68 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=755
+309 308 0:36 / /sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,pids
 ";
     const HOST_ROOT_MOUNT: u64 = 25;
 
@@ -440,6 +510,10 @@ mod tests {
                 max_fds: 3,
                 allowed_targets: vec!["/dev/null".into(), "pipe:".into()],
                 sandbox_files: false,
+            },
+            mounts: MountPolicy {
+                read_only: vec!["/sys".into()],
+                masked: vec!["/proc/cmdline".into()],
             },
         }
     }
@@ -569,6 +643,33 @@ mod tests {
                 })
                 .collect::<Vec<_>>(),
             vec![4, 6]
+        );
+    }
+
+    /// A writable mount under a read-only path and a path without its mask are reported; the
+    /// covered writable tmpfs of the fixture (mount 305) is not, being out of use.
+    #[test]
+    fn writable_and_unmasked_mounts_are_reported() {
+        let tmp = fixture(&status(CAPS, 1, 2), &[], STDIO);
+        let mut extra = SANDBOX_MOUNTINFO.to_owned();
+        extra.push_str("310 309 0:36 / /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids\n");
+        fs::write(tmp.path().join("42/mountinfo"), extra).expect("write");
+        let mut want = expected();
+        want.mounts.masked.push("/proc/kcore".into());
+        let report = Posture::new(tmp.path(), "1")
+            .check(42, &want)
+            .expect("check");
+        assert_eq!(
+            report.mismatches,
+            vec![
+                Mismatch::NotMasked {
+                    path: "/proc/kcore".into()
+                },
+                Mismatch::WritableMount {
+                    path: "/sys/fs/cgroup/pids".into(),
+                    options: "rw,nosuid".into()
+                },
+            ]
         );
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use hutch_core::SandboxId;
 use hutch_host::AgentError;
-use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
+use hutch_runtime::bundle::{capabilities_of, capability_mask, mount_policy_of, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy};
 use hutch_runtime::{BindMount, ContainerSpec, CpuLimit};
 
@@ -131,6 +131,7 @@ impl Step for Bundle {
                     allowed_targets: vec!["socket:".into(), "anon_inode:".into(), "pipe:".into()],
                     sandbox_files: true,
                 },
+                mounts: mount_policy_of(&valid),
             };
             Ok((listener, bundle, expected))
         })

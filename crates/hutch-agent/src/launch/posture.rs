@@ -1,6 +1,7 @@
 //! Step 8, posture (R17): the guest's posture from outside — capability sets, no_new_privs,
 //! seccomp mode 2, namespaces distinct from the agent's, open descriptors of allowed kinds
-//! only — and that no process of the sandbox holds a descriptor of a host file.
+//! only, `/proc/cmdline` masked and `/sys` (cgroup mounts included) and `/proc/sys` read-only
+//! — and that no process of the sandbox holds a descriptor of a host file.
 //!
 //! The guest is found as the process of the sandbox's cgroup that is PID 1 of its own pid
 //! namespace; only if that fails is the runtime asked. Undo: nothing (the step only reads).

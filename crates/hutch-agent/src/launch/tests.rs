@@ -266,6 +266,17 @@ fn proc_fixture(root: &Path, capabilities: u64) {
         ),
     )
     .expect("status");
+    // Masked and read-only as the default bundle asks.
+    std::fs::write(
+        init.join("mountinfo"),
+        "301 300 0:61 / / rw - overlay overlay rw,lowerdir+=.,upperdir=.,workdir=.\n\
+         302 301 0:63 / /proc rw - proc proc rw\n\
+         303 302 0:6 /null /proc/cmdline ro - devtmpfs devtmpfs rw\n\
+         304 302 0:63 /sys /proc/sys ro - proc proc rw\n\
+         305 301 0:67 / /sys ro - sysfs sysfs ro\n\
+         306 305 0:68 / /sys/fs/cgroup ro - tmpfs cgroup rw\n",
+    )
+    .expect("mountinfo");
 }
 
 /// The capability mask of a default sandbox bundle.

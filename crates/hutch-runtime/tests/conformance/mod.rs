@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hutch_cgroup::{CgroupFs, CgroupParent};
-use hutch_runtime::bundle::{capabilities_of, capability_mask, write_bundle};
+use hutch_runtime::bundle::{capabilities_of, capability_mask, mount_policy_of, write_bundle};
 use hutch_runtime::posture::{Expected, FdPolicy, Mismatch, Posture};
 use hutch_runtime::{
     ContainerIo, ContainerSpec, ContainerStatus, CpuLimit, Isolation, OciRuntime, RuntimeError,
@@ -224,6 +224,7 @@ pub const CHECKS: &[(&str, Check)] = &[
     ("user_namespace_refused", user_namespace_refused),
     ("mount_refused", mount_refused),
     ("proc_sys_read_only", proc_sys_read_only),
+    ("host_facts_masked", host_facts_masked),
     ("memory_limit_oom_kills", memory_limit_oom_kills),
     ("pids_limit_stops_fork_bomb", pids_limit_stops_fork_bomb),
     (
@@ -309,6 +310,7 @@ fn expected_for(spec: &ValidSpec, seccomp_mode: u8) -> Expected {
             allowed_targets: vec![],
             sandbox_files: false,
         },
+        mounts: mount_policy_of(spec),
     }
 }
 
@@ -331,10 +333,11 @@ pub fn posture_from_outside(rt: &dyn OciRuntime, lab: &Lab) {
     lab.stop(rt, &id);
     assert!(report.is_ok(), "default posture: {:?}", report.mismatches);
 
-    // Negative twin: seccomp off, SYS_ADMIN added, no_new_privs off — each is reported.
+    // Negative twin: seccomp off, SYS_ADMIN added, no_new_privs off, masked and read-only
+    // paths off — each is reported.
     let id = lab.id();
     let mut spec = lab.spec(&id, &["sleep", "30"]);
-    spec.isolation = weak(false, &[Capability::SysAdmin], true);
+    spec.isolation = weak(false, &[Capability::SysAdmin], false);
     lab.start(rt, &id, spec);
     let pid = rt.pid(&id).expect("pid").expect("running");
     wait_for_exec(pid, "sleep");
@@ -350,6 +353,18 @@ pub fn posture_from_outside(rt: &dyn OciRuntime, lab: &Lab) {
         "{m:?}"
     );
     assert!(m.contains(&Mismatch::NoNewPrivs { actual: false }), "{m:?}");
+    assert!(
+        m.contains(&Mismatch::NotMasked {
+            path: "/proc/cmdline".into()
+        }),
+        "{m:?}"
+    );
+    assert!(
+        m.iter()
+            .any(|x| matches!(x, Mismatch::WritableMount { path, .. }
+            if path == "/sys/fs/cgroup")),
+        "{m:?}"
+    );
     assert!(
         m.iter().any(
             |x| matches!(x, Mismatch::Capabilities { set: "effective", actual, .. }
@@ -510,6 +525,72 @@ pub fn proc_sys_read_only(rt: &dyn OciRuntime, lab: &Lab) {
         (code, out.trim()),
         (0, "pwned"),
         "without read-only /proc/sys"
+    );
+}
+
+/// The host's boot line and block devices are hidden and `/sys/fs/cgroup` (the runtimes' v1
+/// tmpfs and every controller under it) is read-only. The twin, with masked and read-only
+/// paths off: the host's `/proc/cmdline` and block devices show, and the same writes land.
+pub fn host_facts_masked(rt: &dyn OciRuntime, lab: &Lab) {
+    let host_cmdline = fs::read_to_string("/proc/cmdline").expect("host /proc/cmdline");
+    let host_block: Vec<String> = fs::read_dir("/sys/block")
+        .expect("host /sys/block")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !host_cmdline.trim().is_empty() && !host_block.is_empty(),
+        "the host has a boot line and block devices to hide"
+    );
+    let look = [
+        "sh",
+        "-c",
+        "echo cmdline=$(cat /proc/cmdline); \
+         echo block=$(ls /sys/block)$(ls /sys/devices/virtual/block); \
+         echo partitions=$(cat /proc/partitions); \
+         grep ' /sys/fs/cgroup' /proc/self/mountinfo | cut -d' ' -f5,6 | sed 's/^/mount /'; \
+         touch /sys/fs/cgroup/x && echo wrote-tmpfs; \
+         for f in /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max; do \
+           test -e $f && echo 5 > $f && echo wrote-$f; done; true",
+    ];
+    let id = lab.id();
+    let (code, out) = lab.run(rt, &id, lab.spec(&id, &look));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"cmdline="), "{out}");
+    assert!(lines.contains(&"block="), "{out}");
+    assert!(lines.contains(&"partitions="), "{out}");
+    assert!(
+        !out.contains("wrote"),
+        "a write under /sys/fs/cgroup landed: {out}"
+    );
+    // The last mount at a path is the one in use (runc's read-only bind covers its tmpfs).
+    let mut options = HashMap::new();
+    for l in out.lines().filter_map(|l| l.strip_prefix("mount ")) {
+        let (at, opts) = l.split_once(' ').expect("mount point and options");
+        options.insert(at, opts);
+    }
+    assert!(options.len() > 1, "no cgroup mounts: {out}");
+    for (at, opts) in &options {
+        assert!(opts.starts_with("ro,"), "{at} is mounted {opts}: {out}");
+    }
+    assert!(out.contains("Read-only file system"), "{out}");
+
+    let id = lab.id();
+    let mut spec = lab.spec(&id, &look);
+    spec.isolation = weak(true, &[], false);
+    let (code, out) = lab.run(rt, &id, spec);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("cmdline={}", host_cmdline.trim())),
+        "twin: the host's boot line does not show: {out}"
+    );
+    assert!(
+        host_block.iter().any(|b| out.contains(b.as_str())),
+        "twin: no host block device {host_block:?} shows: {out}"
+    );
+    assert!(
+        out.contains("wrote-tmpfs"),
+        "twin: the write to /sys/fs/cgroup did not land: {out}"
     );
 }
 
