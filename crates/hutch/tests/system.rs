@@ -67,7 +67,13 @@ fn serve_command(data: &Path, listen: &str, parent: &str) -> Command {
 }
 
 fn serve(data: &Path) -> Server {
-    let mut child = serve_command(data, "127.0.0.1:0", PARENT)
+    serve_under(data, PARENT)
+}
+
+/// `hutch serve` under its own cgroup parent: a server's recovery removes every sandbox
+/// under its parent that its store does not know, so tests running at once use one each.
+fn serve_under(data: &Path, parent: &str) -> Server {
+    let mut child = serve_command(data, "127.0.0.1:0", parent)
         .spawn()
         .expect("starting hutch serve");
     let out = child.stdout.take().unwrap();
@@ -501,7 +507,7 @@ fn upload_case(what: &'static str, path: String, body: &Path) -> Case {
 fn bad_input_is_a_4xx_never_a_5xx() {
     prerequisites();
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
-    let server = serve(&tmp.path().join("data"));
+    let server = serve_under(&tmp.path().join("data"), "hutch-e2e-input");
     let id = ok(&cli(
         &server,
         &["sandbox", "create", "--template", "busybox"],
@@ -635,6 +641,11 @@ fn bad_input_is_a_4xx_never_a_5xx() {
             &small,
         ),
         upload_case(
+            "upload into /sys/fs/cgroup",
+            format!("{files}?path=/sys/fs/cgroup/x"),
+            &small,
+        ),
+        upload_case(
             "upload to /dev/null",
             format!("{files}?path=/dev/null"),
             &small,
@@ -676,10 +687,32 @@ fn bad_input_is_a_4xx_never_a_5xx() {
             ));
         }
     }
+    let log = std::fs::read_to_string(
+        tmp.path()
+            .join(format!("data/agent/sandboxes/{id}/guest.log")),
+    )
+    .unwrap_or_default();
+    let state = cli(&server, &["sandbox", "get", &id, "--json"]);
+    let procs: Vec<String> = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/pids/hutch-e2e-input/{id}/cgroup.procs"
+    ))
+    .unwrap_or_default()
+    .split_whitespace()
+    .map(|p| {
+        format!(
+            "{p}:{}",
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        )
+    })
+    .collect();
+    eprintln!("DEBUG procs of the sandbox: {procs:?}");
     assert!(
         wrong.is_empty(),
-        "not a 4xx with a code:\n{}",
-        wrong.join("\n")
+        "not a 4xx with a code:\n{}\nthe sandbox: {}\nits guest's log:\n{log}",
+        wrong.join("\n"),
+        String::from_utf8_lossy(&state.stdout)
     );
     // Nothing was lost: the sandbox answers, and the unknown user's upload wrote nothing.
     assert_eq!(
