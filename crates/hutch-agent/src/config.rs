@@ -52,6 +52,11 @@ pub struct AgentConfig {
     pub overcommit: Overcommit,
     /// How long a launch waits for the guest to answer `/health`.
     pub guest_ready_timeout: Duration,
+    /// Each sandbox's own range of unprivileged host uids and gids, with a user namespace
+    /// mapping root inside onto the range (see [`crate::userns`]). `None`: sandboxes share
+    /// the host's user namespace and root inside is root outside (the positive twin of the
+    /// tests that show the mapping protects; also where the kernel lacks idmapped mounts).
+    pub user_namespaces: Option<crate::userns::UidRanges>,
     /// The sandbox's isolation. Always [`Isolation::default`] outside tests: security tests
     /// weaken it to show an attack works with a protection off (the positive twin). The
     /// posture check expects whatever this asks for.
@@ -82,6 +87,7 @@ impl AgentConfig {
             overcommit: Overcommit::default(),
             guest_ready_timeout: Duration::from_secs(10),
             isolation: Isolation::default(),
+            user_namespaces: Some(crate::userns::UidRanges::default()),
         }
     }
 }

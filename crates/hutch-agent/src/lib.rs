@@ -20,7 +20,9 @@ pub mod layers;
 pub mod local;
 mod machine;
 pub mod state;
+pub mod userns;
 
 pub use config::{AgentConfig, Overcommit};
 pub use local::{InitError, LocalAgent};
 pub use machine::Parts;
+pub use userns::UidRanges;

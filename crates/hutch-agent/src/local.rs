@@ -83,6 +83,16 @@ pub enum InitError {
     DefaultUnavailable(Runtime),
     #[error("start the disk-image pool thread")]
     DiskPool(#[source] std::io::Error),
+    #[error(
+        "{path} is below {closed}, which others cannot pass through: sandboxes run as unprivileged host uids and their runtime must reach it (chmod o+x {closed})"
+    )]
+    NotTraversable { path: PathBuf, closed: PathBuf },
+    #[error("open the record of host uid ranges at {path}")]
+    Uids {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The host agent of this machine.
@@ -92,15 +102,54 @@ pub struct LocalAgent {
     locks: KeyedLocks<SandboxId, tokio::sync::Mutex<()>>,
 }
 
+/// Copies the guest binary `from` to `to` (0755), replacing any earlier copy atomically.
+fn install_guest(from: &Path, to: &Path) -> Result<PathBuf, InitError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = to.with_extension("tmp");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InitError::Io { path, source }
+    };
+    fs::copy(from, &tmp).map_err(io(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
+    fs::rename(&tmp, to).map_err(io(to))?;
+    Ok(to.to_path_buf())
+}
+
+/// The first directory above `path` (or `path` itself, if a directory) that others may not
+/// pass through (no `o+x`), if any.
+fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let start = if path.is_dir() {
+        Some(path)
+    } else {
+        path.parent()
+    };
+    start?
+        .ancestors()
+        .find(|dir| fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
+}
+
+/// Creates a host state dir: owner root, traverse-only for others (see
+/// [`crate::state::STATE_DIR_MODE`]).
 fn mkdir_private(path: &Path) -> Result<(), InitError> {
+    let io = |source| InitError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(crate::state::STATE_DIR_MODE)
         .create(path)
-        .map_err(|source| InitError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(io)?;
+    // Also when it existed before (another part, or an older version, made it 0700).
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(crate::state::STATE_DIR_MODE),
+    )
+    .map_err(io)
 }
 
 impl LocalAgent {
@@ -124,8 +173,25 @@ impl LocalAgent {
             path: config.guest_bin.clone(),
             source,
         })?;
-        let data = &config.data_dir;
-        mkdir_private(data)?;
+        let data = config.data_dir.clone();
+        mkdir_private(&data)?;
+        if config.user_namespaces.is_some() {
+            // A sandbox's runtime reaches its root filesystem and the guest as the sandbox's
+            // unprivileged host uid: every directory on the way must let others through.
+            if let Some(closed) = closed_ancestor(&data) {
+                return Err(InitError::NotTraversable {
+                    path: data.clone(),
+                    closed,
+                });
+            }
+        }
+        // The guest every sandbox binds is a copy in the data dir: reachable whatever the
+        // directories above the built binary allow, and a rebuild of it never changes the
+        // file under running sandboxes (a new copy replaces the name, not the file).
+        let bin = data.join("bin");
+        mkdir_private(&bin)?;
+        config.guest_bin = install_guest(&config.guest_bin, &bin.join("hutch-guest"))?;
+        let data = &data;
         let sandboxes_dir = data.join("sandboxes");
         mkdir_private(&sandboxes_dir)?;
         let layers = LayerCache::open(data.join("layers")).map_err(InitError::Layers)?;
@@ -134,6 +200,15 @@ impl LocalAgent {
         let rootfs: Arc<RootfsManager<Arc<dyn HostOps>>> = Arc::new(rootfs);
         let disk_pool =
             PoolFiller::start(rootfs.clone(), POOL_DEPTH).map_err(InitError::DiskPool)?;
+        let uids = match config.user_namespaces {
+            None => None,
+            Some(ranges) => {
+                let path = data.join("uids");
+                let record = crate::userns::Allocations::open(path.clone(), ranges)
+                    .map_err(|source| InitError::Uids { path, source })?;
+                Some(Arc::new(record))
+            }
+        };
         Ok(LocalAgent {
             machine: Arc::new(Machine::new(
                 config,
@@ -141,6 +216,7 @@ impl LocalAgent {
                 layers,
                 rootfs,
                 disk_pool,
+                uids,
                 parts,
             )),
             locks: KeyedLocks::default(),

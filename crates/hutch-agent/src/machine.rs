@@ -120,6 +120,8 @@ pub(crate) struct Machine {
     pub rootfs: Arc<RootfsManager<Arc<dyn HostOps>>>,
     /// Refills the disk-image pool in the background.
     pub disk_pool: PoolFiller,
+    /// Which sandbox holds which range of host uids; `None` without user namespaces.
+    pub uids: Option<Arc<crate::userns::Allocations>>,
     pub cgroups: CgroupParent,
     /// Usable runtimes, the default first.
     pub runtimes: Vec<(Runtime, Arc<dyn OciRuntime>)>,
@@ -146,6 +148,7 @@ impl Machine {
         layers: LayerCache,
         rootfs: Arc<RootfsManager<Arc<dyn HostOps>>>,
         disk_pool: PoolFiller,
+        uids: Option<Arc<crate::userns::Allocations>>,
         parts: Parts,
     ) -> Machine {
         let capacity = host_capacity(&config);
@@ -156,6 +159,7 @@ impl Machine {
             layers,
             rootfs,
             disk_pool,
+            uids,
             cgroups: parts.cgroups,
             runtimes: parts.runtimes,
             posture: parts.posture,

@@ -32,6 +32,13 @@ use std::path::{Path, PathBuf};
 use hutch_core::Digest;
 use hutch_core::request::Runtime;
 
+/// The mode of host state dirs (R8): owned by root, which alone lists and writes them; others
+/// may only pass through (`x`). A sandbox's runtime, once it has joined the sandbox's user
+/// namespace, is the sandbox's unprivileged host uid and must reach the root filesystem and the
+/// guest's files through these directories before it pivots into the sandbox; nothing of the
+/// sandbox can name a host path afterwards.
+pub const STATE_DIR_MODE: u32 = 0o711;
+
 /// What the agent writes down about a sandbox to find it again after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
@@ -64,6 +71,17 @@ impl StateDir {
     pub fn guest_config(&self) -> PathBuf {
         self.dir.join("guest")
     }
+
+    /// Gives the guest's config dir and its files to host uid/gid `host_id` (the sandbox's
+    /// root, with a user namespace), keeping their modes.
+    pub fn give_guest_config_to(&self, host_id: u32) -> io::Result<()> {
+        let dir = self.guest_config();
+        std::os::unix::fs::chown(&dir, Some(host_id), Some(host_id))?;
+        for e in fs::read_dir(&dir)? {
+            std::os::unix::fs::chown(e?.path(), Some(host_id), Some(host_id))?;
+        }
+        Ok(())
+    }
     pub fn token(&self) -> PathBuf {
         self.guest_config().join("token")
     }
@@ -80,12 +98,14 @@ impl StateDir {
         self.dir.join("bundle")
     }
 
-    /// Creates the directory (0700) and its `guest/` subdirectory; an existing directory is
-    /// an error (`AlreadyExists`): two launches never share one.
+    /// Creates the directory ([`STATE_DIR_MODE`]) and its `guest/` subdirectory (0700); an
+    /// existing directory is an error (`AlreadyExists`): two launches never share one.
     pub fn create(&self) -> io::Result<()> {
-        fs::DirBuilder::new().mode(0o700).create(&self.dir)?;
+        fs::DirBuilder::new()
+            .mode(STATE_DIR_MODE)
+            .create(&self.dir)?;
         // R8 whatever the umask did.
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(STATE_DIR_MODE))?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(self.guest_config())?;
@@ -195,7 +215,11 @@ mod tests {
         s.write(&meta, "tok", &BTreeMap::new()).unwrap();
         assert_eq!(s.read_meta().unwrap(), meta);
         assert_eq!(s.read_token().unwrap(), "tok");
-        for (p, mode) in [(s.dir.clone(), 0o700), (s.token(), 0o600), (s.env(), 0o600)] {
+        for (p, mode) in [
+            (s.dir.clone(), STATE_DIR_MODE),
+            (s.token(), 0o600),
+            (s.env(), 0o600),
+        ] {
             let m = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
             assert_eq!(m, mode, "{}", p.display());
         }

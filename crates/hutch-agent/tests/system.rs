@@ -75,16 +75,17 @@ fn config(dir: &Path, isolation: Isolation) -> AgentConfig {
     let mut c = AgentConfig::new(dir.join("data"), guest_bin(), Arc::new(blobs));
     c.cgroup_parent = CGROUP_PARENT.into();
     c.template_cache_dir = dir.join("template-cache");
+    // A weakened host is a positive twin: every protection is off, the user namespace too.
+    if isolation != Isolation::default() {
+        c.user_namespaces = None;
+    }
     c.isolation = isolation;
     c
 }
 
 async fn host_with(isolation: Isolation) -> Host {
     require_root();
-    let dir = tempfile::Builder::new()
-        .prefix("hutch-agent-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = hutch_testkit::passable_tempdir("/tmp", "hutch-agent-");
     let cfg = config(dir.path(), isolation);
     let agent = LocalAgent::new(cfg.clone()).expect("agent");
     let runtimes = agent.runtimes();
@@ -378,7 +379,7 @@ fn cgroup2_options() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_turns_on_favordynmods_unless_told_not_to() {
     require_root();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = hutch_testkit::passable_tempdir("/tmp", "hutch-agent-");
     let on = || cgroup2_options().iter().any(|o| o == "favordynmods");
     // Off, as on a fresh host (util-linux: a remount with exactly the options given).
     let target = hutch_cgroup::dynmods::cgroup2_mounts(
@@ -667,7 +668,7 @@ async fn guest_socket_is_only_in_the_host_state_dir() {
         .permissions()
         .mode()
         & 0o777;
-    assert_eq!(mode, 0o700);
+    assert_eq!(mode, hutch_agent::state::STATE_DIR_MODE);
     let sock = state.join("guest.sock");
     assert!(
         std::fs::metadata(&sock)
@@ -740,13 +741,22 @@ async fn the_guest_holds_no_host_file() {
         let client = h.agent.guest(&id).expect("guest");
         for path in ["/proc/1/fd/1", "/proc/self/fd/2"] {
             match client.download(path, Some("root")).await {
+                // Not a regular file; or, in the sandbox's user namespace, not even the
+                // guest's to open (the non-dumpable guest's fds belong to host root).
                 Err(hutch_guest_client::ClientError::Refused(e)) => {
-                    assert_eq!(
-                        e.kind,
-                        hutch_guest_client::ErrorKind::InvalidArgument,
+                    assert!(
+                        matches!(
+                            e.kind,
+                            hutch_guest_client::ErrorKind::InvalidArgument
+                                | hutch_guest_client::ErrorKind::PermissionDenied
+                        ),
                         "{runtime} {path}: {e}"
                     );
-                    assert!(e.message.contains("not a regular file"), "{e}");
+                    assert!(
+                        e.message.contains("not a regular file")
+                            || e.message.contains("permission denied"),
+                        "{e}"
+                    );
                 }
                 Err(other) => panic!("{runtime} download {path}: {other:?}"),
                 Ok(body) => {
@@ -924,6 +934,7 @@ async fn measure_launch_to_first_output() {
             network_namespace: None,
             nofile: 1024,
             isolation: Isolation::default(),
+            user_namespace: None,
         }
         .validate()
         .expect("spec");
@@ -963,10 +974,7 @@ async fn measure_launch_to_first_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_templates_launch() {
     require_root();
-    let dir = tempfile::Builder::new()
-        .prefix("hutch-agent-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = hutch_testkit::passable_tempdir("/tmp", "hutch-agent-");
     let mut c = config(dir.path(), Isolation::default());
     c.template_cache_dir = hutch_image::template::DEFAULT_CACHE_DIR.into();
     let agent = LocalAgent::new(c.clone()).expect("agent");
@@ -1067,9 +1075,10 @@ async fn host_facts_stay_outside() {
                 "{runtime}: {mountinfo}"
             );
         }
+        // Only the guest's two binds name their sources (see docs/decisions.md).
         for line in mountinfo.lines().filter(|l| l.contains(&data)) {
             assert!(
-                line.contains(" /.hutch/config "),
+                line.contains(" /.hutch/config ") || line.contains(" /.hutch/guest "),
                 "{runtime}: the data dir shows: {line}"
             );
         }
@@ -1102,4 +1111,186 @@ async fn host_facts_stay_outside() {
         assert_nothing_left(&h, &id);
         assert_nothing_left(&weak, &twin);
     }
+}
+
+/// A host with the built-in `debian:12` template (python3 inside) as its template, with or
+/// without a user namespace per sandbox.
+async fn debian_host(user_namespaces: bool) -> Host {
+    require_root();
+    let dir = hutch_testkit::passable_tempdir("/tmp", "hutch-agent-");
+    let mut c = config(dir.path(), Isolation::default());
+    c.template_cache_dir = hutch_image::template::DEFAULT_CACHE_DIR.into();
+    if !user_namespaces {
+        c.user_namespaces = None;
+    }
+    let agent = LocalAgent::new(c.clone()).expect("agent");
+    let templates = agent
+        .ensure_builtin_templates(Arc::new(|line: &str| eprintln!("{line}")))
+        .await
+        .expect("built-in templates (prerequisites: busybox-static, mmdebstrap, apt sources)");
+    let debian = templates
+        .into_iter()
+        .find(|t| t.name == "debian:12")
+        .expect("debian:12");
+    agent.ensure_template(&debian).await.expect("layers cached");
+    Host {
+        dir,
+        agent,
+        busybox: debian,
+        config: c,
+        launched: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
+/// Opens inotify instances in the background until the kernel refuses one (at most 1000),
+/// writes how many to `/tmp/held` and holds them.
+const INOTIFY_HOG: &str = r#"python3 -c '
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+while n < 1000 and libc.inotify_init1(0) >= 0:
+    n += 1
+open("/tmp/held.tmp", "w").write(str(n))
+__import__("os").rename("/tmp/held.tmp", "/tmp/held")
+time.sleep(120)
+' >/dev/null 2>&1 &"#;
+
+/// Starts [`INOTIFY_HOG`] in `id` and returns how many instances it holds.
+async fn hog_inotify(h: &Host, id: &SandboxId) -> u32 {
+    let ran = sh_in(h, id, INOTIFY_HOG).await;
+    assert_eq!(ran.exit_code, 0, "starting the hog: {ran:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ran = sh_in(h, id, "cat /tmp/held 2>/dev/null").await;
+        if let Ok(n) = ran.stdout.trim().parse() {
+            return n;
+        }
+        assert!(Instant::now() < deadline, "the hog did not report: {ran:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether this process (host root) can get an inotify instance now.
+fn host_can_inotify() -> Result<(), std::io::Error> {
+    #[allow(unsafe_code)]
+    // SAFETY: inotify_init1 takes flags and returns a new descriptor (closed at once) or -1.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: closes the descriptor just opened, which nothing else uses.
+    unsafe {
+        libc::close(fd)
+    };
+    Ok(())
+}
+
+/// The host path of `path` as the sandbox wrote it (its upper dir on the disk image).
+fn written(h: &Host, id: &SandboxId, path: &str) -> PathBuf {
+    h.dir
+        .path()
+        .join("data/rootfs")
+        .join(id.as_str())
+        .join("disk/upper")
+        .join(path.trim_start_matches('/'))
+}
+
+/// Runs `binary -u` (a copy of `id` the sandbox made setuid) on the host as `nobody`, from
+/// a directory that honours setuid, and returns the effective uid it printed.
+fn setuid_gives(binary: &Path) -> u32 {
+    let dir = hutch_testkit::passable_tempdir("/var/tmp", "hutch-suid-");
+    let copy = dir.path().join("id");
+    let status = std::process::Command::new("cp")
+        .arg("-p")
+        .arg(binary)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -p {}", binary.display());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .arg("-u")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a uid")
+}
+
+/// Root inside is not root outside (DESIGN §3; issue: tenants shared host root's per-user
+/// limits). Each sandbox runs in a user namespace of its own, owned by and mapped onto its
+/// own range of unprivileged host uids:
+/// 1. a sandbox holding every inotify instance it can get leaves the host and a neighbour
+///    theirs (the per-user limit is per sandbox);
+/// 2. a file root makes inside is owned by the sandbox's host uid outside, and a setuid-root
+///    binary made inside gives that uid, not root, when run on the host;
+/// 3. the posture check saw the mapping (launch would have failed otherwise).
+///
+/// The positive twin, a host without user namespaces: the same hog leaves host root without
+/// an inotify instance, and the setuid binary gives root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_inside_is_not_root_outside() {
+    let h = debian_host(true).await;
+    let hog = start(&h, Runtime::Crun, resources()).await;
+    let neighbour = start(&h, Runtime::Runc, resources()).await;
+    let held = hog_inotify(&h, &hog).await;
+    assert!(held >= 100, "the hog got only {held} instances");
+    host_can_inotify().expect("host root lost its inotify instances to a sandbox");
+    let ran = sh_in(
+        &h,
+        &neighbour,
+        "python3 -c 'import ctypes; print(ctypes.CDLL(None).inotify_init1(0) >= 0)'",
+    )
+    .await;
+    assert_eq!(ran.stdout.trim(), "True", "the neighbour: {ran:?}");
+
+    let base = hutch_agent::UidRanges::default().base;
+    for (id, runtime) in [(&hog, Runtime::Crun), (&neighbour, Runtime::Runc)] {
+        let ran = sh_in(
+            &h,
+            id,
+            "id -u && touch /root-made && cp /usr/bin/id /usr/local/bin/suid-id && chmod 4755 /usr/local/bin/suid-id",
+        )
+        .await;
+        assert_eq!(ran.stdout.trim(), "0", "{runtime}: root inside: {ran:?}");
+        let made = std::fs::metadata(written(&h, id, "/root-made")).expect("the file on the host");
+        let owner = std::os::unix::fs::MetadataExt::uid(&made);
+        assert!(
+            owner >= base && owner.is_multiple_of(hutch_agent::userns::RANGE),
+            "{runtime}: root's file is owned by {owner} on the host"
+        );
+        let suid = written(&h, id, "/usr/local/bin/suid-id");
+        assert_eq!(setuid_gives(&suid), owner, "{runtime}: the setuid binary");
+    }
+
+    // The twin: no user namespace.
+    let twin = debian_host(false).await;
+    let t = start(&twin, Runtime::Crun, resources()).await;
+    let held = hog_inotify(&twin, &t).await;
+    let starved = host_can_inotify();
+    // Free host root's instances before asserting anything.
+    twin.agent.destroy(&t).await.expect("destroy the twin");
+    assert!(
+        starved.is_err(),
+        "without user namespaces the hog ({held} instances) should leave host root none"
+    );
+    let t = start(&twin, Runtime::Crun, resources()).await;
+    let ran = sh_in(
+        &twin,
+        &t,
+        "touch /root-made && cp /usr/bin/id /usr/local/bin/suid-id && chmod 4755 /usr/local/bin/suid-id",
+    )
+    .await;
+    assert_eq!(ran.exit_code, 0, "{ran:?}");
+    let made = std::fs::metadata(written(&twin, &t, "/root-made")).expect("the twin's file");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&made), 0);
+    assert_eq!(
+        setuid_gives(&written(&twin, &t, "/usr/local/bin/suid-id")),
+        0,
+        "the twin's setuid binary gives root"
+    );
 }

@@ -192,6 +192,7 @@ fn bare_bundle(dir: &Path, rootfs: &Path, id: &str, args: &[&str]) -> anyhow::Re
         network_namespace: None,
         nofile: 1024,
         isolation: Isolation::default(),
+        user_namespace: None,
     }
     .validate()?;
     Ok(hutch_runtime::bundle::write_bundle(&dir.join(id), &spec)?)
@@ -241,6 +242,11 @@ pub async fn section(
     only: Option<crate::Only>,
 ) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+    // Sandboxes' runtimes pass through the data dir's parents as unprivileged uids.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )?;
     let server = start_server(hutch, guest, &tmp.path().join("data"))?;
     let api = Arc::new(Api {
         http: reqwest::Client::new(),

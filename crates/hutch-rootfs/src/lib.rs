@@ -45,7 +45,7 @@ pub mod ops;
 pub mod pool;
 pub mod real;
 
-pub use manager::{PrepareSpec, Prepared, RootfsError, RootfsManager, valid_id};
-pub use ops::{Call, HostOps, LoopAttachment, OpError, OverlaySpec, RecordingHostOps};
+pub use manager::{PrepareSpec, Prepared, RootfsError, RootfsManager, STATE_DIR_MODE, valid_id};
+pub use ops::{Call, HostOps, Idmap, LoopAttachment, OpError, OverlaySpec, RecordingHostOps};
 pub use pool::{POOL_DEPTH, PoolFiller};
 pub use real::RealHostOps;

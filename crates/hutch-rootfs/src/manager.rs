@@ -48,7 +48,15 @@ pub struct PrepareSpec {
     /// Size bound of everything the sandbox writes; `None` puts the upper dir
     /// on the host filesystem, unbounded (tests, trusted builds).
     pub disk_mb: Option<u64>,
+    /// The sandbox's user namespace: the layers are mounted seen through it, and the upper
+    /// and work dirs (and with them the root directory) belong to its root.
+    pub idmap: Option<crate::ops::Idmap>,
 }
+
+/// The mode of the manager's root and of each sandbox's state dir (R8): owned by root, which
+/// alone lists and writes them; others only pass through, as a sandbox's runtime must once it
+/// is the sandbox's unprivileged host uid (user namespaces) to reach the root filesystem.
+pub const STATE_DIR_MODE: u32 = 0o711;
 
 /// A prepared root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,10 +89,10 @@ impl<O: HostOps> RootfsManager<O> {
         let root = root.into();
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(STATE_DIR_MODE)
             .create(&root)
             .map_err(io_err("create rootfs root", &root))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
+        fs::set_permissions(&root, fs::Permissions::from_mode(STATE_DIR_MODE))
             .map_err(io_err("chmod rootfs root", &root))?;
         let manager = RootfsManager { root, ops };
         manager.remove_stale_pool_files();
@@ -150,7 +158,7 @@ impl<O: HostOps> RootfsManager<O> {
                 return Err(RootfsError::InvalidLower(l.clone()));
             }
         }
-        match fs::DirBuilder::new().mode(0o700).create(&state) {
+        match fs::DirBuilder::new().mode(STATE_DIR_MODE).create(&state) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RootfsError::Exists(state));
@@ -169,8 +177,8 @@ impl<O: HostOps> RootfsManager<O> {
     }
 
     fn prepare_in(&self, state: &Path, spec: &PrepareSpec) -> Result<Prepared, RootfsError> {
-        // R8: the state dir is 0700 whatever the umask did.
-        self.ops.set_mode(state, 0o700)?;
+        // R8: the state dir's mode whatever the umask did.
+        self.ops.set_mode(state, STATE_DIR_MODE)?;
         let mut loop_device = None;
         let scratch = if let Some(mb) = spec.disk_mb {
             let image = state.join("disk.img");
@@ -193,6 +201,10 @@ impl<O: HostOps> RootfsManager<O> {
         let work = scratch.join("work");
         mkdir(&upper, 0o755)?;
         mkdir(&work, 0o700)?;
+        if let Some(map) = &spec.idmap {
+            self.ops.set_owner(&upper, map.uid, map.gid)?;
+            self.ops.set_owner(&work, map.uid, map.gid)?;
+        }
         let rootfs = state.join("rootfs");
         mkdir(&rootfs, 0o755)?;
         self.ops.mount_overlay(&OverlaySpec {
@@ -200,6 +212,7 @@ impl<O: HostOps> RootfsManager<O> {
             upper,
             work,
             target: rootfs.clone(),
+            idmap: spec.idmap.clone(),
         })?;
         Ok(Prepared {
             rootfs,
@@ -387,6 +400,7 @@ mod tests {
         };
         assert_eq!(mkfs(&m), 2);
         let spec = PrepareSpec {
+            idmap: None,
             lower: vec![lower.clone()],
             disk_mb: Some(32),
         };
@@ -438,6 +452,7 @@ mod tests {
             .prepare(
                 "sb1",
                 &PrepareSpec {
+                    idmap: None,
                     lower: vec![lower.clone()],
                     disk_mb: Some(32),
                 },
@@ -448,7 +463,7 @@ mod tests {
         assert_eq!(
             m.ops().calls(),
             vec![
-                Call::SetMode(s.clone(), 0o700),
+                Call::SetMode(s.clone(), STATE_DIR_MODE),
                 Call::MkfsExt4(s.join("disk.img")),
                 Call::LoopAttach(s.join("disk.img")),
                 Call::MountExt4 {
@@ -456,6 +471,7 @@ mod tests {
                     target: s.join("disk")
                 },
                 Call::MountOverlay(OverlaySpec {
+                    idmap: None,
                     lower: vec![lower],
                     upper: s.join("disk/upper"),
                     work: s.join("disk/work"),
@@ -465,7 +481,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(s.join("disk.img")).unwrap().len(), 32 << 20);
         let mode = fs::metadata(&s).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(mode, STATE_DIR_MODE);
     }
 
     #[test]
@@ -474,6 +490,7 @@ mod tests {
         m.prepare(
             "sb1",
             &PrepareSpec {
+                idmap: None,
                 lower: vec![lower],
                 disk_mb: Some(32),
             },
@@ -510,6 +527,7 @@ mod tests {
         let err = m.prepare(
             "sb1",
             &PrepareSpec {
+                idmap: None,
                 lower: vec![lower],
                 disk_mb: Some(32),
             },
@@ -526,6 +544,7 @@ mod tests {
         m.prepare(
             "sb1",
             &PrepareSpec {
+                idmap: None,
                 lower: vec![lower],
                 disk_mb: None,
             },
@@ -554,6 +573,7 @@ mod tests {
     fn ids_are_validated_and_existing_state_refused() {
         let (_d, m, lower) = manager();
         let spec = PrepareSpec {
+            idmap: None,
             lower: vec![lower],
             disk_mb: None,
         };
@@ -569,6 +589,7 @@ mod tests {
             Err(RootfsError::Exists(_))
         ));
         let tiny = PrepareSpec {
+            idmap: None,
             disk_mb: Some(1),
             ..spec.clone()
         };
@@ -577,6 +598,7 @@ mod tests {
             Err(RootfsError::InvalidDiskSize(1))
         ));
         let rel = PrepareSpec {
+            idmap: None,
             lower: vec!["rel".into()],
             disk_mb: None,
         };
@@ -593,6 +615,7 @@ mod tests {
             m.prepare(
                 id,
                 &PrepareSpec {
+                    idmap: None,
                     lower: vec![lower.clone()],
                     disk_mb: Some(16),
                 },

@@ -33,7 +33,29 @@ pub struct OverlaySpec {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub target: PathBuf,
+    /// The user namespace the lower layers are seen through (idmapped mounts): with it,
+    /// the layers' files, owned by host root, belong to the namespace's root, and nothing
+    /// of them is copied.
+    pub idmap: Option<Idmap>,
 }
+
+/// A sandbox's user namespace and the host ids its root maps to.
+#[derive(Debug, Clone)]
+pub struct Idmap {
+    /// A descriptor of the namespace (`/proc/<pid>/ns/user`).
+    pub userns: std::sync::Arc<OwnedFd>,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Two mappings are the same when they map to the same ids (the descriptor is a handle).
+impl PartialEq for Idmap {
+    fn eq(&self, other: &Self) -> bool {
+        (self.uid, self.gid) == (other.uid, other.gid)
+    }
+}
+
+impl Eq for Idmap {}
 
 /// A loop device bound to an image. With the real implementation the device
 /// is configured with autoclear: it stays bound while `guard` is open or a

@@ -284,6 +284,11 @@ impl HostOps for RealHostOps {
             }
         }
         match mount_overlay_unnamed(spec) {
+            Err(Unnamed::Unsupported) if spec.idmap.is_some() => Err(OpError::new(
+                "mount overlay over idmapped layers (needs Linux 6.8 or later: the new mount API with lowerdir+) at",
+                &spec.target,
+                io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            )),
             Err(Unnamed::Unsupported) => mount_overlay_by_paths(spec),
             Err(Unnamed::Failed(e)) => Err(e),
             Ok(()) => Ok(()),
@@ -456,19 +461,30 @@ fn mount_overlay_here(spec: &OverlaySpec) -> Result<(), Unnamed> {
         .iter()
         .map(|p| ("lowerdir+", p))
         .chain([("upperdir", &spec.upper), ("workdir", &spec.work)]);
+    // The idmapped copies of the layers: each is a mount namespace of its own that closing
+    // its descriptor dissolves, and the overlay takes its private clones of the layers only
+    // when the superblock is created. Open until then.
+    let mut trees = Vec::new();
     for (i, (key, dir)) in layers.enumerate() {
-        let fd = rustix::fs::open(
-            dir.as_path(),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(failed("open overlay layer", dir))?;
+        let fd = match (&spec.idmap, key) {
+            // A lower layer seen through the sandbox's user namespace: a detached copy of
+            // its mount, idmapped; the overlay takes it by the working directory like any
+            // other, and nothing is attached anywhere.
+            (Some(map), "lowerdir+") => idmapped_tree(dir, map).map_err(Unnamed::Failed)?,
+            _ => rustix::fs::open(
+                dir.as_path(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(failed("open overlay layer", dir))?,
+        };
         rustix::process::fchdir(&fd).map_err(failed("change into overlay layer", dir))?;
         match fsconfig_set_string(&fs, key, ".") {
             Ok(()) => {}
             Err(rustix::io::Errno::INVAL) if i == 0 => return Err(Unnamed::Unsupported),
             Err(e) => return Err(failed("add overlay layer", dir)(e)),
         }
+        trees.push(fd);
     }
     for (key, value) in OVERLAY_OPTIONS {
         fsconfig_set_string(&fs, *key, *value)
@@ -476,6 +492,7 @@ fn mount_overlay_here(spec: &OverlaySpec) -> Result<(), Unnamed> {
     }
     fsconfig_set_flag(&fs, "volatile").map_err(failed("set volatile for", &spec.target))?;
     fsconfig_create(&fs).map_err(failed("create the overlay for", &spec.target))?;
+    drop(trees);
     let mnt = fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
@@ -490,6 +507,55 @@ fn mount_overlay_here(spec: &OverlaySpec) -> Result<(), Unnamed> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
     .map_err(failed("mount overlay at", &spec.target))
+}
+
+/// A detached copy of the mount at `dir` (`open_tree(OPEN_TREE_CLONE)`) whose files are
+/// seen through `map`'s user namespace (`mount_setattr(MOUNT_ATTR_IDMAP)`): host uid 0 reads
+/// as the namespace's root, and so on.
+fn idmapped_tree(dir: &Path, map: &crate::ops::Idmap) -> Result<OwnedFd, OpError> {
+    use rustix::mount::{OpenTreeFlags, open_tree};
+    let tree = open_tree(
+        rustix::fs::CWD,
+        dir,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| OpError::new("clone the mount of layer", dir, errno(e)))?;
+    // <linux/mount.h>; rustix has no mount_setattr.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(map.userns.as_raw_fd()).unwrap_or(u64::MAX),
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: mount_setattr reads `size_of::<MountAttr>()` bytes from a live, properly laid
+    // out struct and an empty path string; it changes only the detached mount `tree` names.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(OpError::new(
+            "idmap the mount of layer",
+            dir,
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(tree)
 }
 
 /// The overlay through mount(2) with absolute layer paths in its options:

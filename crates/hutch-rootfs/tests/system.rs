@@ -78,6 +78,7 @@ fn disk_mb_gives_enospc_inside_and_host_is_unaffected() {
     let m = RootfsManager::new(tmp.path().join("rootfs"), RealHostOps::default()).unwrap();
     let _guard = Guard(m.root().to_path_buf());
     let spec = PrepareSpec {
+        idmap: None,
         lower: vec![layer.clone()],
         disk_mb: Some(32),
     };
@@ -87,7 +88,7 @@ fn disk_mb_gives_enospc_inside_and_host_is_unaffected() {
     let mode = fs::metadata(&p.state_dir).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o700
+        hutch_rootfs::STATE_DIR_MODE
     );
 
     let free_before = host_free(tmp.path());
@@ -137,6 +138,7 @@ fn without_disk_image_the_same_write_succeeds() {
         .prepare(
             "sbnodisk",
             &PrepareSpec {
+                idmap: None,
                 lower: vec![layer.clone()],
                 disk_mb: None,
             },
@@ -173,6 +175,7 @@ fn crash_recovery_and_leftover_cleanup() {
             m.prepare(
                 id,
                 &PrepareSpec {
+                    idmap: None,
                     lower: vec![layer.clone()],
                     disk_mb: Some(16),
                 },
@@ -234,6 +237,7 @@ fn overlay_options_name_no_host_path() {
         .prepare(
             "sbnames",
             &PrepareSpec {
+                idmap: None,
                 lower: vec![top.clone(), base.clone()],
                 disk_mb: Some(16),
             },
@@ -260,6 +264,7 @@ fn overlay_options_name_no_host_path() {
         fs::create_dir_all(twin.join(d)).unwrap();
     }
     let spec = hutch_rootfs::OverlaySpec {
+        idmap: None,
         lower: vec![top.clone(), base.clone()],
         upper: twin.join("upper"),
         work: twin.join("work"),
@@ -306,6 +311,7 @@ fn prepare_and_teardown_timings() {
             m.prepare(
                 &id,
                 &PrepareSpec {
+                    idmap: None,
                     lower: vec![layer.clone()],
                     disk_mb,
                 },

@@ -364,7 +364,11 @@ pub fn build_spec(spec: &ValidSpec) -> Spec {
     ));
     process.set_cwd(PathBuf::from(&s.cwd));
     process.set_capabilities(Some(capabilities));
-    process.set_rlimits(Some(vec![nofile]));
+    // In a user namespace another uid owns, runc 1.1 cannot set a limit on the container's
+    // process (its `prlimit` is refused, EPERM, measured): the limit is set on the runtime's
+    // own process instead, which the container inherits (see `NOFILE_ANNOTATION`).
+    // (`Process::default()` carries a file limit of its own: always set, to one or none.)
+    process.set_rlimits(s.user_namespace.is_none().then(|| vec![nofile]));
     process.set_no_new_privileges(Some(s.isolation.no_new_privileges));
 
     let mut root = Root::default();
@@ -405,6 +409,11 @@ pub fn build_spec(spec: &ValidSpec) -> Spec {
     ));
 
     let mut linux = Linux::default();
+    if let Some(u) = &s.user_namespace {
+        namespaces.push(namespace(LinuxNamespaceType::User, Some(&u.path)));
+        linux.set_uid_mappings(Some(vec![id_mapping(u.host_uid, u.size)]));
+        linux.set_gid_mappings(Some(vec![id_mapping(u.host_gid, u.size)]));
+    }
     linux.set_namespaces(Some(namespaces));
     linux.set_resources(Some(resources(spec)));
     linux.set_cgroups_path(Some(PathBuf::from(&s.cgroups_path)));
@@ -428,8 +437,26 @@ pub fn build_spec(spec: &ValidSpec) -> Spec {
     oci.set_process(Some(process));
     oci.set_hostname(Some(s.hostname.clone()));
     oci.set_linux(Some(linux));
-    oci.set_annotations(None);
+    oci.set_annotations(s.user_namespace.as_ref().map(|_| {
+        [(NOFILE_ANNOTATION.to_owned(), s.nofile.to_string())]
+            .into_iter()
+            .collect()
+    }));
     oci
+}
+
+/// With a user namespace, the container's RLIMIT_NOFILE: the runtime CLI wrapper sets it on
+/// the runtime's process before it starts, and the container inherits it.
+pub const NOFILE_ANNOTATION: &str = "io.hutch.rlimit-nofile";
+
+fn id_mapping(host: u32, size: u32) -> oci_spec::runtime::LinuxIdMapping {
+    // Every field is set: building cannot fail.
+    oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(host)
+        .size(size)
+        .build()
+        .expect("LinuxIdMapping fields all set")
 }
 
 /// Writes `<dir>/config.json` for `spec`, creating `dir` with mode 0700 if needed, and returns
@@ -497,6 +524,7 @@ mod tests {
             network_namespace: None,
             nofile: 1024,
             isolation: Isolation::default(),
+            user_namespace: None,
         }
     }
 

@@ -238,6 +238,9 @@ impl CliDriver {
                 source,
             })?;
         }
+        if let Some(nofile) = nofile_annotation(bundle)? {
+            limit_nofile(&mut cmd, nofile);
+        }
         cmd.arg("--bundle").arg(bundle).arg(id);
         // The container's init inherits the runtime's stdio: files or a pipe its caller
         // drains, never a terminal.
@@ -418,6 +421,58 @@ impl RawState {
             pid,
             bundle: self.bundle,
         })
+    }
+}
+
+/// The RLIMIT_NOFILE a bundle asks to be set on the runtime's process
+/// ([`crate::bundle::NOFILE_ANNOTATION`], written with a user namespace), if any.
+fn nofile_annotation(bundle: &Path) -> Result<Option<u64>, RuntimeError> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        annotations: std::collections::HashMap<String, String>,
+    }
+    let path = bundle.join("config.json");
+    let text = fs::read(&path).map_err(|source| RuntimeError::Io {
+        op: "read the bundle's config",
+        path: path.clone(),
+        source,
+    })?;
+    let config: Config = serde_json::from_slice(&text).map_err(|e| RuntimeError::Io {
+        op: "parse the bundle's config",
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    config
+        .annotations
+        .get(crate::bundle::NOFILE_ANNOTATION)
+        .map(|v| {
+            v.parse().map_err(|_| RuntimeError::Io {
+                op: "parse the file limit annotation of",
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+            })
+        })
+        .transpose()
+}
+
+/// Sets RLIMIT_NOFILE (soft and hard) to `n` on the process `cmd` starts, which the
+/// container's process inherits.
+fn limit_nofile(cmd: &mut Command, n: u64) {
+    // SAFETY: the closure runs in the forked child before exec and only makes the setrlimit
+    // system call with values copied before the fork (no allocation, no lock).
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setrlimit(
+                rustix::process::Resource::Nofile,
+                rustix::process::Rlimit {
+                    current: Some(n),
+                    maximum: Some(n),
+                },
+            )
+            .map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -27,4 +27,6 @@ pub use runtime::{
     CheckpointOptions, ContainerInfo, ContainerIo, ContainerStatus, MAX_PRESERVED_FDS, OciRuntime,
     RuntimeError, Signal,
 };
-pub use spec::{BindMount, ContainerSpec, CpuLimit, Isolation, SpecError, TmpfsMount, ValidSpec};
+pub use spec::{
+    BindMount, ContainerSpec, CpuLimit, Isolation, SpecError, TmpfsMount, UserNamespace, ValidSpec,
+};

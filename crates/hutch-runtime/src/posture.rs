@@ -106,6 +106,9 @@ pub struct Expected {
     pub seccomp_mode: u8,
     pub fds: FdPolicy,
     pub mounts: MountPolicy,
+    /// The process's uid and gid maps: `(host id, size)` of the sandbox's range, or `None`
+    /// for the host's own user namespace (then `ISOLATED_NAMESPACES` does not include it).
+    pub user_namespace: Option<(u32, u32)>,
 }
 
 /// One way the process differs from what was expected.
@@ -146,6 +149,13 @@ pub enum Mismatch {
     WritableMount {
         path: String,
         options: String,
+    },
+    /// The process's uid or gid map is not the sandbox's range (`file` is `uid_map` or
+    /// `gid_map`; `actual` its first line).
+    IdMap {
+        file: &'static str,
+        expected: String,
+        actual: String,
     },
     /// A path that should be masked has no mount of its own.
     NotMasked {
@@ -232,8 +242,33 @@ impl Posture {
             });
         }
 
+        if let Some((host_id, size)) = expected.user_namespace {
+            let want = format!("0 {host_id} {size}");
+            for file in ["uid_map", "gid_map"] {
+                let path = dir.join(file);
+                let text = fs::read_to_string(&path).map_err(|source| PostureError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+                let actual = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if actual != want {
+                    mismatches.push(Mismatch::IdMap {
+                        file,
+                        expected: want.clone(),
+                        actual,
+                    });
+                }
+            }
+        }
+
         let host = self.proc_root.join(&self.reference);
-        for &kind in ISOLATED_NAMESPACES {
+        let user: &[&'static str] = if expected.user_namespace.is_some() {
+            &["user"]
+        } else {
+            &[]
+        };
+        for &kind in ISOLATED_NAMESPACES.iter().chain(user) {
             let mine = read_link(&dir.join("ns").join(kind))?;
             let theirs = read_link(&host.join("ns").join(kind))?;
             if mine == theirs {
@@ -515,6 +550,7 @@ mod tests {
                 read_only: vec!["/sys".into()],
                 masked: vec!["/proc/cmdline".into()],
             },
+            user_namespace: None,
         }
     }
 

@@ -86,6 +86,21 @@ pub struct ContainerSpec {
     /// RLIMIT_NOFILE, soft and hard.
     pub nofile: u64,
     pub isolation: Isolation,
+    /// A user namespace made outside, owned by the sandbox's own host uid, which the
+    /// container joins: root inside is that unprivileged uid outside. `None`: the container
+    /// shares the host's user namespace (root inside is root outside).
+    pub user_namespace: Option<UserNamespace>,
+}
+
+/// A user namespace for [`ContainerSpec::user_namespace`] and its mapping: ids
+/// `0..size` inside are `host_uid..host_uid+size` (and the same for gids) outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// A path the runtime can open to join it (e.g. `/proc/<pid>/fd/<n>`).
+    pub path: PathBuf,
+    pub host_uid: u32,
+    pub host_gid: u32,
+    pub size: u32,
 }
 
 /// A [`ContainerSpec`] that passed [`ContainerSpec::validate`].
@@ -206,6 +221,24 @@ impl ContainerSpec {
         if self.nofile == 0 {
             return Err(invalid("nofile", "must be positive"));
         }
+        if let Some(u) = &self.user_namespace {
+            if !u.path.is_absolute() {
+                return Err(invalid("user_namespace", "the path must be absolute"));
+            }
+            if u.host_uid == 0 || u.host_gid == 0 || u.size == 0 {
+                return Err(invalid(
+                    "user_namespace",
+                    "must map to non-root host ids, at least one",
+                ));
+            }
+            if u.host_uid.checked_add(u.size).is_none() || u.host_gid.checked_add(u.size).is_none()
+            {
+                return Err(invalid(
+                    "user_namespace",
+                    "the mapping overflows the id space",
+                ));
+            }
+        }
         Ok(ValidSpec(self))
     }
 }
@@ -265,6 +298,7 @@ mod tests {
             network_namespace: None,
             nofile: 4096,
             isolation: Isolation::default(),
+            user_namespace: None,
         }
     }
 

@@ -45,3 +45,17 @@ pub fn static_guest_bin() -> PathBuf {
     );
     path
 }
+
+/// A temporary directory under `parent` that others may pass through (mode 0711), for an
+/// agent's data dir: with user namespaces, a sandbox's runtime reaches the sandbox's root
+/// filesystem as the sandbox's unprivileged host uid (a plain temporary directory is 0700).
+pub fn passable_tempdir(parent: &str, prefix: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .unwrap_or_else(|e| panic!("a temporary directory in {parent}: {e}"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .unwrap_or_else(|e| panic!("chmod 0711 {}: {e}", dir.path().display()));
+    dir
+}

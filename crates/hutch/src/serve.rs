@@ -75,14 +75,43 @@ pub struct ServeArgs {
     pub overcommit_disk: u64,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    raise_nofile();
+/// Creates the data dir and what in it is the operator's alone. The dir itself is 0711: with
+/// user namespaces, a sandbox's runtime passes through `<data>/agent` as the sandbox's
+/// unprivileged host uid. So every entry of its own must keep others out: the store's file is
+/// made 0600 before SQLite opens it (its WAL and shm files take the same mode) and the blob
+/// store's dir 0700 before it is opened.
+fn private_data_dir(data: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {mode:o} {}", path.display()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(data)
+        .with_context(|| format!("creating data dir {}", data.display()))?;
+    mode(data, 0o711)?;
+    let db = data.join("hutch.db");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&db)
+        .with_context(|| format!("creating {}", db.display()))?;
+    mode(&db, 0o600)?;
+    let blobs = data.join("blobs");
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+        .create(&blobs)
+        .with_context(|| format!("creating {}", blobs.display()))?;
+    mode(&blobs, 0o700)
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_nofile();
+    private_data_dir(&args.data_dir)?;
     anyhow::ensure!(
         args.guest_bin.is_file(),
         "guest binary {} not found (build it with `make guest`)",

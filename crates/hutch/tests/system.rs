@@ -99,7 +99,7 @@ fn serve_under(data: &Path, parent: &str) -> Server {
 #[test]
 fn serve_outlives_a_closed_stdout() {
     prerequisites();
-    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tmp = hutch_testkit::passable_tempdir("/var/tmp", "hutch-e2e-");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -224,7 +224,7 @@ fn call(
 #[test]
 fn serve_cli_files_and_sigkill_recovery() {
     prerequisites();
-    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tmp = hutch_testkit::passable_tempdir("/var/tmp", "hutch-e2e-");
     let data = tmp.path().join("data");
     let server = serve(&data);
 
@@ -506,7 +506,7 @@ fn upload_case(what: &'static str, path: String, body: &Path) -> Case {
 #[test]
 fn bad_input_is_a_4xx_never_a_5xx() {
     prerequisites();
-    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let tmp = hutch_testkit::passable_tempdir("/var/tmp", "hutch-e2e-");
     let server = serve_under(&tmp.path().join("data"), "hutch-e2e-input");
     let id = ok(&cli(
         &server,

@@ -8,6 +8,7 @@
 //! Undo: remove the socket and the bundle (both in the state dir the claim's undo removes
 //! anyway; removed here so each step undoes exactly what it made).
 
+use std::os::fd::AsRawFd as _;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
@@ -51,6 +52,13 @@ impl Step for Bundle {
         let m = machine.clone();
         let launch = cx.launch.clone();
         let state = cx.state.clone();
+        // The runtime joins the namespace through this process's descriptor of it.
+        let user_namespace = cx.userns.as_ref().map(|u| hutch_runtime::UserNamespace {
+            path: format!("/proc/{}/fd/{}", std::process::id(), u.fd.as_raw_fd()).into(),
+            host_uid: u.host_id,
+            host_gid: u.host_id,
+            size: u.size,
+        });
         let (listener, bundle, expected) = blocking(&id.clone(), move || {
             let listener = UnixListener::bind(state.socket())
                 .map_err(host_err("bind the guest socket", &id))?;
@@ -105,6 +113,7 @@ impl Step for Bundle {
                 network_namespace: None,
                 nofile: NOFILE,
                 isolation: m.config.isolation.clone(),
+                user_namespace,
             };
             let written = spec
                 .validate()
@@ -132,6 +141,11 @@ impl Step for Bundle {
                     sandbox_files: true,
                 },
                 mounts: mount_policy_of(&valid),
+                user_namespace: valid
+                    .get()
+                    .user_namespace
+                    .as_ref()
+                    .map(|u| (u.host_uid, u.size)),
             };
             Ok((listener, bundle, expected))
         })

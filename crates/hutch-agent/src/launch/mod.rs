@@ -6,13 +6,16 @@
 //! 2. [`claim`]: check the runtime and the layers, take `sandboxes/<id>/` (0700; if it
 //!    exists it belongs to another launch and nothing is touched), write `meta.json`, the
 //!    guest's token and env.
-//! 3. [`rootfs`]: overlay over the layers, upper dir on an ext4 image of `disk_mb`.
-//! 4. [`cgroup`]: name the sandbox's cgroup `<parent>/<id>` (the runtime creates it).
-//! 5. [`bundle`]: bind the guest's socket in the state dir, write the OCI bundle, note the
+//! 3. [`userns`]: take a range of unprivileged host uids, make the sandbox's user namespace
+//!    owned by it (root inside is not root outside).
+//! 4. [`rootfs`]: overlay over the layers (seen through the user namespace), upper dir on an
+//!    ext4 image of `disk_mb`.
+//! 5. [`cgroup`]: name the sandbox's cgroup `<parent>/<id>` (the runtime creates it).
+//! 6. [`bundle`]: bind the guest's socket in the state dir, write the OCI bundle, note the
 //!    posture the bundle asks for.
-//! 6. [`runtime`]: `run --detach` with the socket as fd 3 and a drained pipe as stdio.
-//! 7. [`guest`]: wait until the guest answers `/health`, up to a deadline.
-//! 8. [`posture`]: check the guest's posture from outside and that no process holds a host
+//! 7. [`runtime`]: `run --detach` with the socket as fd 3 and a drained pipe as stdio.
+//! 8. [`guest`]: wait until the guest answers `/health`, up to a deadline.
+//! 9. [`posture`]: check the guest's posture from outside and that no process holds a host
 //!    file (R17).
 //!
 //! [`run`] applies them in order. A step that fails leaves nothing of its own behind (each
@@ -32,6 +35,7 @@ pub(crate) mod layers;
 pub(crate) mod posture;
 pub(crate) mod rootfs;
 pub(crate) mod runtime;
+pub(crate) mod userns;
 
 #[cfg(test)]
 mod tests;
@@ -67,6 +71,7 @@ pub(crate) trait Step: Send + Sync {
 pub(crate) const STEPS: &[&dyn Step] = &[
     &layers::Layers,
     &claim::Claim,
+    &userns::Userns,
     &rootfs::Rootfs,
     &cgroup::Cgroup,
     &bundle::Bundle,
@@ -79,6 +84,8 @@ pub(crate) const STEPS: &[&dyn Step] = &[
 pub(crate) struct Cx {
     pub launch: Launch,
     pub state: StateDir,
+    /// The sandbox's user namespace and host ids (userns step; `None` without).
+    pub userns: Option<userns::SandboxUserns>,
     /// The overlay the sandbox gets as its root (rootfs step).
     pub rootfs: Option<PathBuf>,
     /// The cgroup path for the bundle (cgroup step).
@@ -105,6 +112,7 @@ impl Cx {
         Cx {
             launch,
             state,
+            userns: None,
             rootfs: None,
             cgroup_path: None,
             listener: None,

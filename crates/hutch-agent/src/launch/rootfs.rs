@@ -44,12 +44,18 @@ impl Step for Rootfs {
             .map(|d| machine.layers.path(d))
             .collect();
         let disk_mb = u64::from(cx.launch.resources.disk_mb);
+        let idmap = cx.userns.as_ref().map(|u| hutch_rootfs::Idmap {
+            userns: u.fd.clone(),
+            uid: u.host_id,
+            gid: u.host_id,
+        });
         let prepared = blocking(cx.id(), move || {
             // `prepare` undoes its own partial work on a failure.
             m.rootfs
                 .prepare(
                     id.as_str(),
                     &PrepareSpec {
+                        idmap,
                         lower,
                         disk_mb: (disk_mb > 0).then_some(disk_mb),
                     },

@@ -297,6 +297,7 @@ fn default_capabilities() -> u64 {
         network_namespace: None,
         nofile: 1024,
         isolation: hutch_runtime::Isolation::default(),
+        user_namespace: None,
     }
     .validate()
     .expect("spec");
@@ -330,6 +331,9 @@ impl Fakes {
         config.cgroup_root = cgroup_root.clone();
         config.proc_root = proc_root.clone();
         config.guest_ready_timeout = Duration::from_secs(5);
+        // Making a user namespace needs root: the userns step is a no-op here (it is tested
+        // in the system tier).
+        config.user_namespaces = None;
         let runtime = Arc::new(FakeRuntime {
             root: path.join("runtime"),
             cgroup_root: cgroup_root.clone(),
@@ -493,7 +497,8 @@ async fn steps_apply_in_order_and_destroy_undoes_them_in_reverse() {
     assert_eq!(
         names,
         [
-            "layers", "claim", "rootfs", "cgroup", "bundle", "runtime", "guest", "posture"
+            "layers", "claim", "userns", "rootfs", "cgroup", "bundle", "runtime", "guest",
+            "posture"
         ]
     );
     let launch = f.launch();

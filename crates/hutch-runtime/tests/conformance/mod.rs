@@ -103,6 +103,7 @@ impl Lab {
             network_namespace: None,
             nofile: 1024,
             isolation: Isolation::default(),
+            user_namespace: None,
         }
     }
 
@@ -311,6 +312,7 @@ fn expected_for(spec: &ValidSpec, seccomp_mode: u8) -> Expected {
             sandbox_files: false,
         },
         mounts: mount_policy_of(spec),
+        user_namespace: None,
     }
 }
 
