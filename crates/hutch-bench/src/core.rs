@@ -32,12 +32,16 @@ use crate::{Samples, ms};
 
 /// The cgroup parent of the benchmark's server (its own, see `--cgroup-parent`).
 const SERVE_PARENT: &str = "hutch-bench-serve";
+/// The cgroup parent of the second server, without user namespaces.
+const SHARED_NS_PARENT: &str = "hutch-bench-serve-shared-userns";
 
 struct Server {
     child: Child,
     url: String,
     key: String,
     data: PathBuf,
+    hutch: PathBuf,
+    guest: PathBuf,
 }
 
 impl Drop for Server {
@@ -48,6 +52,17 @@ impl Drop for Server {
 }
 
 fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Server> {
+    start_server_with(hutch, guest, data, SERVE_PARENT, &[])
+}
+
+/// `hutch serve` under cgroup parent `parent`, with `extra` arguments.
+fn start_server_with(
+    hutch: &Path,
+    guest: &Path,
+    data: &Path,
+    parent: &str,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
     let key =
         format!("hk_bench{}", std::process::id()).to_lowercase() + "0123456789abcdefghijklmnop";
     let mut child = Command::new(hutch)
@@ -55,7 +70,8 @@ fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Serve
         .arg(data)
         .arg("--guest-bin")
         .arg(guest)
-        .args(["--cgroup-parent", SERVE_PARENT])
+        .args(["--cgroup-parent", parent])
+        .args(extra)
         .env("HUTCH_ADMIN_KEY", &key)
         .env(
             "HUTCH_LOG",
@@ -82,6 +98,8 @@ fn start_server(hutch: &Path, guest: &Path, data: &Path) -> anyhow::Result<Serve
         url,
         key,
         data: data.to_owned(),
+        hutch: hutch.to_owned(),
+        guest: guest.to_owned(),
     })
 }
 
@@ -342,6 +360,31 @@ async fn create_figure(
     Ok((Samples::new(create), Samples::new(bare)))
 }
 
+/// One create → first output → delete on `api`; the time to the output.
+async fn create_once(api: &Api) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let id = api.create().await?;
+    let v = api.exec(&id, &["echo", "hi"]).await?;
+    let d = t.elapsed();
+    anyhow::ensure!(
+        v.get("stdout").and_then(|s| s.as_str()) == Some("hi\n"),
+        "unexpected output {v}"
+    );
+    api.delete(&id).await?;
+    Ok(d)
+}
+
+/// Create → first output on two servers, alternating so both see the same machine state.
+async fn create_pair(a: &Api, b: &Api, n: usize) -> anyhow::Result<(Samples, Samples)> {
+    create_once(b).await?;
+    let (mut sa, mut sb) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        sa.push(create_once(a).await?);
+        sb.push(create_once(b).await?);
+    }
+    Ok((Samples::new(sa), Samples::new(sb)))
+}
+
 fn create_row(n: usize, create: &Samples, bare: &Samples) {
     ratio_row(
         &format!("create → first command output, p50 (p90), {n} runs"),
@@ -408,6 +451,26 @@ async fn measure(
 
     // 2. create → first output.
     let (create, bare) = create_figure(api, crun.as_ref(), &bundles, &layer, n).await?;
+
+    // 2b. The same with a server whose sandboxes share the host's user namespace: what the
+    // per-sandbox mapping (namespace, idmapped layers) costs.
+    let shared = start_server_with(
+        &server.hutch,
+        &server.guest,
+        &tmp.join("data-shared-userns"),
+        SHARED_NS_PARENT,
+        &["--user-namespaces", "false"],
+    )?;
+    let shared_api = Api {
+        http: reqwest::Client::new(),
+        url: shared.url.clone(),
+        key: shared.key.clone(),
+        live: std::sync::Mutex::new(Vec::new()),
+    };
+    let mapped = create_pair(api, &shared_api, n).await;
+    shared_api.delete_all().await;
+    drop(shared);
+    let (mapped, unmapped) = mapped?;
 
     // 3. exec round trip.
     let (exec, crun_exec) = exec_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
@@ -495,6 +558,15 @@ async fn measure(
     println!("| figure | Hutch | baseline (same run) | ratio | target |");
     println!("|---|---|---|---|---|");
     create_row(n, &create, &bare);
+    ratio_row(
+        &format!(
+            "create → first output with the per-sandbox user namespace, p50 (p90), {n} runs, interleaved"
+        ),
+        &mapped,
+        "the same server build with `--user-namespaces false`",
+        &unmapped,
+        "—",
+    );
     exec_row(iterations, &exec, &crun_exec);
     println!(
         "| 50 creates at once: wall (p50 / p99 of each) | {} ({} / {}) | 50 `crun run` at once: {} | {:.2}× | — |",

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// to (disk images are sparse: only what is written takes space).
     #[arg(long, env = "HUTCH_OVERCOMMIT_DISK", default_value_t = 4)]
     pub overcommit_disk: u64,
+    /// Give each sandbox a user namespace mapped onto its own range of
+    /// unprivileged host uids: root inside is not root outside. `false`
+    /// shares the host's user namespace (kernels without idmapped mounts).
+    #[arg(long, env = "HUTCH_USER_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub user_namespaces: bool,
 }
 
 /// Creates the data dir and what in it is the operator's alone. The dir itself is 0711: with
@@ -138,6 +143,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.favor_cgroup_dynmods = args.cgroup_favor_dynmods;
     config.template_cache_dir = args.template_cache.clone();
     config.cgroup_parent = args.cgroup_parent.clone();
+    config.user_namespaces = args.user_namespaces.then(hutch_agent::UidRanges::default);
     config.overcommit = hutch_agent::Overcommit {
         cpu: args.overcommit_cpu,
         memory: args.overcommit_memory,
