@@ -32,12 +32,19 @@ use std::path::{Path, PathBuf};
 use hutch_core::Digest;
 use hutch_core::request::Runtime;
 
-/// The mode of host state dirs (R8): owned by root, which alone lists and writes them; others
-/// may only pass through (`x`). A sandbox's runtime, once it has joined the sandbox's user
-/// namespace, is the sandbox's unprivileged host uid and must reach the root filesystem and the
-/// guest's files through these directories before it pivots into the sandbox; nothing of the
-/// sandbox can name a host path afterwards.
+/// The mode of the agent's host dirs that hold per-sandbox dirs (the data dir, `sandboxes/`,
+/// `bin/`; R8): owned by root, which alone lists and writes them; others may only pass through
+/// (`x`). A sandbox's runtime, once it has joined the sandbox's user namespace, is the sandbox's
+/// unprivileged host uid and must reach the root filesystem and the guest's files through them
+/// before it pivots into the sandbox; nothing of the sandbox can name a host path afterwards.
 pub const STATE_DIR_MODE: u32 = 0o711;
+
+/// The mode of a sandbox's own state dir: root's alone (0700); with a user namespace, also
+/// passable by the group of the sandbox's root ([`SANDBOX_DIR_MODE_MAPPED`], group = its host
+/// gid), so its runtime reaches the guest's files and no other host user does.
+pub const SANDBOX_DIR_MODE: u32 = 0o700;
+/// [`SANDBOX_DIR_MODE`] with a user namespace.
+pub const SANDBOX_DIR_MODE_MAPPED: u32 = 0o710;
 
 /// What the agent writes down about a sandbox to find it again after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,8 +80,15 @@ impl StateDir {
     }
 
     /// Gives the guest's config dir and its files to host uid/gid `host_id` (the sandbox's
-    /// root, with a user namespace), keeping their modes.
+    /// root, with a user namespace), keeping their modes, and lets that group through the
+    /// state dir ([`SANDBOX_DIR_MODE_MAPPED`]).
     pub fn give_guest_config_to(&self, host_id: u32) -> io::Result<()> {
+        // The state dir: the sandbox's group may pass through to `guest/`.
+        std::os::unix::fs::chown(&self.dir, Some(0), Some(host_id))?;
+        fs::set_permissions(
+            &self.dir,
+            fs::Permissions::from_mode(SANDBOX_DIR_MODE_MAPPED),
+        )?;
         let dir = self.guest_config();
         std::os::unix::fs::chown(&dir, Some(host_id), Some(host_id))?;
         for e in fs::read_dir(&dir)? {
@@ -98,14 +112,14 @@ impl StateDir {
         self.dir.join("bundle")
     }
 
-    /// Creates the directory ([`STATE_DIR_MODE`]) and its `guest/` subdirectory (0700); an
+    /// Creates the directory ([`SANDBOX_DIR_MODE`]) and its `guest/` subdirectory (0700); an
     /// existing directory is an error (`AlreadyExists`): two launches never share one.
     pub fn create(&self) -> io::Result<()> {
         fs::DirBuilder::new()
-            .mode(STATE_DIR_MODE)
+            .mode(SANDBOX_DIR_MODE)
             .create(&self.dir)?;
         // R8 whatever the umask did.
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(STATE_DIR_MODE))?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(SANDBOX_DIR_MODE))?;
         fs::DirBuilder::new()
             .mode(0o700)
             .create(self.guest_config())?;
@@ -216,7 +230,7 @@ mod tests {
         assert_eq!(s.read_meta().unwrap(), meta);
         assert_eq!(s.read_token().unwrap(), "tok");
         for (p, mode) in [
-            (s.dir.clone(), STATE_DIR_MODE),
+            (s.dir.clone(), SANDBOX_DIR_MODE),
             (s.token(), 0o600),
             (s.env(), 0o600),
         ] {

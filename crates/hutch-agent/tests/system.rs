@@ -668,7 +668,7 @@ async fn guest_socket_is_only_in_the_host_state_dir() {
         .permissions()
         .mode()
         & 0o777;
-    assert_eq!(mode, hutch_agent::state::STATE_DIR_MODE);
+    assert_eq!(mode, hutch_agent::state::SANDBOX_DIR_MODE_MAPPED);
     let sock = state.join("guest.sock");
     assert!(
         std::fs::metadata(&sock)
@@ -1228,7 +1228,8 @@ fn setuid_gives(binary: &Path) -> u32 {
 ///    theirs (the per-user limit is per sandbox);
 /// 2. a file root makes inside is owned by the sandbox's host uid outside, and a setuid-root
 ///    binary made inside gives that uid, not root, when run on the host;
-/// 3. the posture check saw the mapping (launch would have failed otherwise).
+/// 3. the posture check saw the mapping (launch would have failed otherwise);
+/// 4. another host user cannot reach the sandbox's files through the host state dirs.
 ///
 /// The positive twin, a host without user namespaces: the same hog leaves host root without
 /// an inotify instance, and the setuid binary gives root.
@@ -1265,6 +1266,28 @@ async fn root_inside_is_not_root_outside() {
         );
         let suid = written(&h, id, "/usr/local/bin/suid-id");
         assert_eq!(setuid_gives(&suid), owner, "{runtime}: the setuid binary");
+        // The state dirs let the sandbox's own ids through (its runtime must reach the
+        // rootfs), and no other host user: `nobody` cannot read what the sandbox wrote.
+        let read_as = |uid: u32| {
+            std::process::Command::new("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("cat")
+                .arg(written(&h, id, "/root-made"))
+                .output()
+                .expect("setpriv")
+                .status
+                .success()
+        };
+        assert!(
+            read_as(owner),
+            "{runtime}: the sandbox's own uid cannot reach its files"
+        );
+        assert!(
+            !read_as(65534),
+            "{runtime}: another host user read the sandbox's files"
+        );
     }
 
     // The twin: no user namespace.

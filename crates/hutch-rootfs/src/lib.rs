@@ -45,7 +45,10 @@ pub mod ops;
 pub mod pool;
 pub mod real;
 
-pub use manager::{PrepareSpec, Prepared, RootfsError, RootfsManager, STATE_DIR_MODE, valid_id};
+pub use manager::{
+    PrepareSpec, Prepared, RootfsError, RootfsManager, SANDBOX_DIR_MODE, SANDBOX_DIR_MODE_MAPPED,
+    STATE_DIR_MODE, valid_id,
+};
 pub use ops::{Call, HostOps, Idmap, LoopAttachment, OpError, OverlaySpec, RecordingHostOps};
 pub use pool::{POOL_DEPTH, PoolFiller};
 pub use real::RealHostOps;

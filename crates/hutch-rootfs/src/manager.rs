@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ops::{HostOps, OpError, OverlaySpec};
@@ -53,10 +53,18 @@ pub struct PrepareSpec {
     pub idmap: Option<crate::ops::Idmap>,
 }
 
-/// The mode of the manager's root and of each sandbox's state dir (R8): owned by root, which
-/// alone lists and writes them; others only pass through, as a sandbox's runtime must once it
-/// is the sandbox's unprivileged host uid (user namespaces) to reach the root filesystem.
+/// The mode of the manager's root (R8): owned by root, which alone lists and writes it; others
+/// may pass through to a sandbox's state dir, which lets only its own sandbox further (see
+/// [`SANDBOX_DIR_MODE`]).
 pub const STATE_DIR_MODE: u32 = 0o711;
+
+/// The mode of a sandbox's state dir (R8): root's alone (0700), or, with a user namespace,
+/// also passable by the group of the sandbox's root (0710, group = its host gid), so the
+/// sandbox's runtime, which is that gid once it has joined the namespace, reaches the root
+/// filesystem; other host users cannot.
+pub const SANDBOX_DIR_MODE: u32 = 0o700;
+/// [`SANDBOX_DIR_MODE`] with a user namespace.
+pub const SANDBOX_DIR_MODE_MAPPED: u32 = 0o710;
 
 /// A prepared root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +166,7 @@ impl<O: HostOps> RootfsManager<O> {
                 return Err(RootfsError::InvalidLower(l.clone()));
             }
         }
-        match fs::DirBuilder::new().mode(STATE_DIR_MODE).create(&state) {
+        match fs::DirBuilder::new().mode(SANDBOX_DIR_MODE).create(&state) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RootfsError::Exists(state));
@@ -178,13 +186,21 @@ impl<O: HostOps> RootfsManager<O> {
 
     fn prepare_in(&self, state: &Path, spec: &PrepareSpec) -> Result<Prepared, RootfsError> {
         // R8: the state dir's mode whatever the umask did.
-        self.ops.set_mode(state, STATE_DIR_MODE)?;
+        if let Some(map) = &spec.idmap {
+            self.ops.set_owner(state, 0, map.gid)?;
+            self.ops.set_mode(state, SANDBOX_DIR_MODE_MAPPED)?;
+        } else {
+            self.ops.set_mode(state, SANDBOX_DIR_MODE)?;
+        }
         let mut loop_device = None;
         let scratch = if let Some(mb) = spec.disk_mb {
             let image = state.join("disk.img");
             if !self.take_pooled(mb, &image) {
                 self.format_image(&image, mb)?;
             }
+            // The sandbox's disk is its own: images pooled by older versions were 0644.
+            fs::set_permissions(&image, fs::Permissions::from_mode(0o600))
+                .map_err(io_err("chmod 0600", &image))?;
             let mnt = state.join("disk");
             mkdir(&mnt, 0o700)?;
             // The guard keeps the (autoclear) device bound until the mount
@@ -226,6 +242,7 @@ impl<O: HostOps> RootfsManager<O> {
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(image)
             .map_err(io_err("create disk image", image))?;
         file.set_len(mb << 20)
@@ -463,7 +480,7 @@ mod tests {
         assert_eq!(
             m.ops().calls(),
             vec![
-                Call::SetMode(s.clone(), STATE_DIR_MODE),
+                Call::SetMode(s.clone(), SANDBOX_DIR_MODE),
                 Call::MkfsExt4(s.join("disk.img")),
                 Call::LoopAttach(s.join("disk.img")),
                 Call::MountExt4 {
@@ -481,7 +498,7 @@ mod tests {
         );
         assert_eq!(fs::metadata(s.join("disk.img")).unwrap().len(), 32 << 20);
         let mode = fs::metadata(&s).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, STATE_DIR_MODE);
+        assert_eq!(mode, SANDBOX_DIR_MODE);
     }
 
     #[test]

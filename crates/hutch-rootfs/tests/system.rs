@@ -88,7 +88,7 @@ fn disk_mb_gives_enospc_inside_and_host_is_unaffected() {
     let mode = fs::metadata(&p.state_dir).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        hutch_rootfs::STATE_DIR_MODE
+        hutch_rootfs::SANDBOX_DIR_MODE
     );
 
     let free_before = host_free(tmp.path());
