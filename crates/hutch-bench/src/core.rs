@@ -385,6 +385,40 @@ async fn create_pair(a: &Api, b: &Api, n: usize) -> anyhow::Result<(Samples, Sam
     Ok((Samples::new(sa), Samples::new(sb)))
 }
 
+/// The noise a neighbour makes: a CPU spinner per core (its CPU limit holds them to one), a
+/// loop writing and syncing 32 MiB files, and a fork bomb held by its pids limit. All in the
+/// background, detached from the exec's output.
+const NOISE: &str = "for i in 1 2; do (while :; do :; done) >/dev/null 2>&1 & done; \
+(while :; do dd if=/dev/zero of=/tmp/hog bs=1M count=32 conv=fsync; rm -f /tmp/hog; done) >/dev/null 2>&1 & \
+(b() { b | b & }; b) >/dev/null 2>&1 & \
+sleep 1";
+
+/// Exec round trips (`true`) in a quiet sandbox: alone, then while a neighbour makes [`NOISE`].
+async fn neighbour_figure(api: &Api, iterations: usize) -> anyhow::Result<(Samples, Samples)> {
+    let quiet = api.create().await?;
+    let noisy = api.create().await?;
+    let round_trips = |n: usize| {
+        let quiet = quiet.clone();
+        async move {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                api.exec(&quiet, &["true"]).await?;
+                v.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(Samples::new(v))
+        }
+    };
+    round_trips(10).await?;
+    let alone = round_trips(iterations).await?;
+    api.exec(&noisy, &["sh", "-c", NOISE]).await?;
+    let noisy_run = round_trips(iterations).await;
+    // Deleting the neighbour ends its noise.
+    api.delete(&noisy).await?;
+    api.delete(&quiet).await?;
+    Ok((noisy_run?, alone))
+}
+
 fn create_row(n: usize, create: &Samples, bare: &Samples) {
     ratio_row(
         &format!("create → first command output, p50 (p90), {n} runs"),
@@ -474,6 +508,9 @@ async fn measure(
 
     // 3. exec round trip.
     let (exec, crun_exec) = exec_figure(api, crun.as_ref(), &bundles, &layer, iterations).await?;
+
+    // 3b. A noisy neighbour.
+    let (noisy, alone) = neighbour_figure(api, iterations.clamp(50, 500)).await?;
 
     // 4. 50 creates at once.
     let t = Instant::now();
@@ -568,6 +605,16 @@ async fn measure(
         "—",
     );
     exec_row(iterations, &exec, &crun_exec);
+    println!(
+        "| exec round trip in a quiet sandbox while a neighbour runs a fork bomb, CPU spinners and an I/O hog, p50 / p99, {} runs | {} / {} | the same sandbox, neighbour idle: {} / {} | {:.2}× / {:.2}× | — |",
+        noisy.0.len(),
+        ms(noisy.pct(0.5)),
+        ms(noisy.pct(0.99)),
+        ms(alone.pct(0.5)),
+        ms(alone.pct(0.99)),
+        noisy.pct(0.5).as_secs_f64() / alone.pct(0.5).as_secs_f64(),
+        noisy.pct(0.99).as_secs_f64() / alone.pct(0.99).as_secs_f64()
+    );
     println!(
         "| 50 creates at once: wall (p50 / p99 of each) | {} ({} / {}) | 50 `crun run` at once: {} | {:.2}× | — |",
         ms(wall),
