@@ -5,9 +5,11 @@
 //! Per accepted socket:
 //! 1. Admission ([`Admission::admit`]): under the global cap and under the cap of the client's
 //!    address (an IPv4 address, or an IPv6 /64), the connection is *normal*. Over either, it
-//!    may take one of a few *reserve* places (each address may hold a share of them), kept for
-//!    `GET /healthz` and the operator. With none left it is answered 503 `unavailable` (server
-//!    full) or 429 `too_many_connections` (address full) without being read, and closed.
+//!    may take one of a few *reserve* places, kept for `GET /healthz` and the operator, if its
+//!    address holds fewer than `reserve_per_client` connections in all (a health checker or
+//!    an operator holds one or two; an attacker that filled the caps holds many). Otherwise it
+//!    is answered 503 `unavailable` (server full) or 429 `too_many_connections` (address full)
+//!    without being read, and closed.
 //! 2. hyper serves it (HTTP/1.1) with a header read timeout: each request head must be complete
 //!    within it, counted from the connection's start or from the end of the previous response,
 //!    so it is also the keep-alive idle timeout. Reserve connections get a short one. hyper
@@ -66,7 +68,8 @@ pub struct ServeConfig {
     pub max_connections_per_client: Option<usize>,
     /// Connections admitted beyond the caps for `/healthz` and the operator.
     pub reserve: usize,
-    /// How many of those one address may hold.
+    /// Only an address holding fewer connections than this (normal and reserve) gets a
+    /// reserve place.
     pub reserve_per_client: usize,
     /// The header timeout of a reserve connection.
     pub reserve_header_timeout: Duration,
@@ -85,9 +88,9 @@ impl Default for ServeConfig {
             body_rate: Some(BodyRate::default()),
             max_connections: Some(4096),
             max_connections_per_client: Some(256),
-            reserve: 64,
-            reserve_per_client: 8,
-            reserve_header_timeout: Duration::from_secs(2),
+            reserve: 128,
+            reserve_per_client: 2,
+            reserve_header_timeout: Duration::from_secs(1),
             max_buf_size: 64 << 10,
         }
     }
@@ -189,7 +192,22 @@ pub struct Admission {
     per_client: Option<usize>,
     reserve_per_client: usize,
     clients: Mutex<HashMap<IpAddr, Held>>,
+    surge: Mutex<Surge>,
+    /// Called once a surge has passed ([`crate::memory::release_freed`]; tests count calls).
+    release: fn(),
 }
+
+/// Open connections, and the most open since memory was last released.
+#[derive(Debug, Default)]
+struct Surge {
+    open: usize,
+    high_water: usize,
+}
+
+/// A surge is at least this many connections open at once; it has passed when a quarter of
+/// its peak remain. After a release the count starts again from what remains, so the tail of
+/// a large surge (a quarter of 4096 is still a surge) is released in turn.
+const SURGE: usize = 64;
 
 #[derive(Debug, Default)]
 struct Held {
@@ -213,14 +231,32 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut clients = self.admission.lock();
-        if let Some(held) = clients.get_mut(&self.client) {
-            match self.place {
-                Place::Normal => held.normal -= 1,
-                Place::Reserve(_) => held.reserve -= 1,
+        {
+            let mut clients = self.admission.lock();
+            if let Some(held) = clients.get_mut(&self.client) {
+                match self.place {
+                    Place::Normal => held.normal -= 1,
+                    Place::Reserve(_) => held.reserve -= 1,
+                }
+                if held.normal == 0 && held.reserve == 0 {
+                    clients.remove(&self.client);
+                }
             }
-            if held.normal == 0 && held.reserve == 0 {
-                clients.remove(&self.client);
+        }
+        let passed = {
+            let mut surge = self.admission.surge();
+            surge.open -= 1;
+            let passed = surge.high_water >= SURGE && surge.open <= surge.high_water / 4;
+            if passed {
+                surge.high_water = surge.open;
+            }
+            passed
+        };
+        if passed {
+            tracing::debug!("a surge of connections has passed; releasing freed memory");
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(self.admission.release)),
+                Err(_) => (self.admission.release)(),
             }
         }
     }
@@ -245,7 +281,13 @@ impl Admission {
             per_client: config.max_connections_per_client,
             reserve_per_client: config.reserve_per_client,
             clients: Mutex::new(HashMap::new()),
+            surge: Mutex::new(Surge::default()),
+            release: crate::memory::release_freed,
         })
+    }
+
+    fn surge(&self) -> std::sync::MutexGuard<'_, Surge> {
+        self.surge.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Held>> {
@@ -268,7 +310,9 @@ impl Admission {
                 Some(Err(_)) => Refusal::ServerFull,
             },
         };
-        if held.reserve < self.reserve_per_client
+        // Only a light client may use the reserve: an address already holding its share of
+        // connections (an attacker over its cap, typically) would fill it in no time.
+        if held.normal + held.reserve < self.reserve_per_client
             && let Ok(permit) = self.reserve.clone().try_acquire_owned()
         {
             let place = Place::Reserve(refusal);
@@ -291,6 +335,9 @@ impl Admission {
             Place::Normal => held.normal += 1,
             Place::Reserve(_) => held.reserve += 1,
         }
+        let mut surge = self.surge();
+        surge.open += 1;
+        surge.high_water = surge.high_water.max(surge.open);
         Ticket {
             place,
             client,
@@ -555,8 +602,8 @@ mod tests {
     }
 
     #[test]
-    fn an_address_over_its_cap_gets_its_share_of_the_reserve_then_a_refusal() {
-        let a = admission(100, 2, 10, 2);
+    fn an_address_over_its_cap_gets_the_reserve_while_it_holds_few_connections() {
+        let a = admission(100, 2, 10, 4);
         let client = ip("10.0.0.1");
         let normal: Vec<_> = (0..2).map(|_| a.admit(client).expect("normal")).collect();
         assert!(normal.iter().all(|t| t.place() == Place::Normal));
@@ -572,6 +619,13 @@ mod tests {
         // A normal place given back is a normal place again.
         drop(normal);
         assert_eq!(a.admit(client).expect("again").place(), Place::Normal);
+        // An address at its cap with more than the share gets no reserve place.
+        let b = admission(100, 5, 10, 4);
+        let _held: Vec<_> = (0..5).map(|_| b.admit(client).expect("normal")).collect();
+        assert_eq!(
+            b.admit(client).err(),
+            Some(Refusal::ClientFull { limit: 5 })
+        );
     }
 
     #[test]
@@ -594,6 +648,27 @@ mod tests {
         drop(held);
         drop(reserve);
         assert!(a.lock().is_empty(), "every count given back");
+    }
+
+    static RELEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    #[test]
+    fn memory_is_released_once_a_surge_has_passed() {
+        let a = Arc::new(Admission {
+            release: || {
+                RELEASED.fetch_add(1, Ordering::Relaxed);
+            },
+            ..Arc::into_inner(admission(10_000, 10_000, 0, 0)).expect("sole owner")
+        });
+        let mut open: Vec<_> = (0..SURGE)
+            .map(|_| a.admit(ip("10.0.0.1")).expect("normal"))
+            .collect();
+        open.truncate(SURGE / 4 + 1);
+        assert_eq!(RELEASED.load(Ordering::Relaxed), 0, "not yet at a quarter");
+        open.pop();
+        assert_eq!(RELEASED.load(Ordering::Relaxed), 1);
+        drop(open);
+        assert_eq!(RELEASED.load(Ordering::Relaxed), 1, "once per surge");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub struct ServeArgs {
     pub max_connections_per_client: usize,
     /// Connections admitted beyond the caps for `/healthz` and requests with the
     /// operator's key.
-    #[arg(long, env = "HUTCH_CONNECTION_RESERVE", default_value_t = 64)]
+    #[arg(long, env = "HUTCH_CONNECTION_RESERVE", default_value_t = 128)]
     pub connection_reserve: usize,
 }
 
