@@ -20,6 +20,8 @@
 //!    operator's key; anything else gets the refusal of step 1 and the connection closes.
 //! 5. The connection's [`Ticket`] (its place under the caps) is held until its socket has
 //!    finished lingering ([`crate::linger`]): a lingering socket still holds a descriptor.
+//! 6. Once a surge of connections has passed, the memory they freed is given back to the
+//!    system ([`crate::memory`]).
 //!
 //! A body declared larger than its route takes is refused before it is read
 //! ([`crate::extract::JsonBody`]). Why a hand-written loop rather than `axum::serve`: the latter
