@@ -25,7 +25,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::QuotaExceeded | ErrorCode::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::CapacityExhausted | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -84,6 +85,8 @@ mod tests {
             (ErrorCode::NotFound, 404),
             (ErrorCode::Conflict, 409),
             (ErrorCode::PayloadTooLarge, 413),
+            (ErrorCode::RequestTimeout, 408),
+            (ErrorCode::TooManyConnections, 429),
             (ErrorCode::QuotaExceeded, 429),
             (ErrorCode::CapacityExhausted, 503),
             (ErrorCode::Unavailable, 503),

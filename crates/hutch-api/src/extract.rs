@@ -64,20 +64,21 @@ pub async fn request_context(
 /// The authenticated caller: key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 pub struct Auth(pub Caller);
 
-fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(v) = parts.headers.get(http::header::AUTHORIZATION) {
+/// The key a request presents, if any.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         let (scheme, key) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
     }
-    parts.headers.get("x-api-key")?.to_str().ok().map(str::trim)
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
 }
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let key = presented_key(parts).ok_or(Error::Unauthenticated)?;
+        let key = presented_key(&parts.headers).ok_or(Error::Unauthenticated)?;
         let principal = app.control.authenticate(key).await?;
         Ok(Auth(Caller {
             principal,
@@ -87,9 +88,20 @@ impl FromRequestParts<AppState> for Auth {
 }
 
 /// A JSON body of at most `LIMIT` bytes (the route's `DefaultBodyLimit` must match). Unknown
-/// fields and wrong types are 400 naming the field; a larger body is 413, refused before it
-/// is parsed.
+/// fields and wrong types are 400 naming the field; a larger body is 413: at once, before a
+/// byte of it is read, when its `Content-Length` says so (axum's `Json` would wait for the
+/// first `LIMIT` bytes, however slowly they come), else once `LIMIT` bytes have arrived.
 pub struct JsonBody<T, const LIMIT: usize = JSON_LIMIT>(pub T);
+
+/// The length a request declares, if it declares one that parses.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
 
 impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
 where
@@ -99,6 +111,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if declared_length(req.headers()).is_some_and(|n| n > LIMIT as u64) {
+            return Err(Error::PayloadTooLarge {
+                limit: LIMIT as u64,
+            }
+            .into());
+        }
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(JsonBody(v)),
             Err(rejection) if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
@@ -176,5 +194,65 @@ impl Query {
     pub fn required(&self, key: &str) -> Result<&str, ApiError> {
         self.get(key)
             .ok_or_else(|| Error::InvalidInput(format!("{key}: required")).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::routing::post;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    async fn serve(router: Router) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
+    }
+
+    /// Sends the head of a 1 TB JSON body and nothing more; the reply within 1 s.
+    async fn declare_a_terabyte(addr: SocketAddr) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /j HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000000000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_json_body_declared_over_the_limit_is_refused_before_it_is_read() {
+        let addr = serve(Router::new().route(
+            "/j",
+            post(|JsonBody(_): JsonBody<serde_json::Value, 1024>| async {}),
+        ))
+        .await;
+        let reply = declare_a_terabyte(addr).await;
+        assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+        assert!(reply.contains("payload_too_large"), "{reply}");
+    }
+
+    /// Twin: axum's `Json` under the same limit waits for the body.
+    #[tokio::test]
+    async fn axums_json_awaits_a_body_declared_over_the_limit() {
+        let addr = serve(
+            Router::new()
+                .route("/j", post(|_: axum::Json<serde_json::Value>| async {}))
+                .layer(axum::extract::DefaultBodyLimit::max(1024)),
+        )
+        .await;
+        let reply = declare_a_terabyte(addr).await;
+        assert_eq!(reply, "", "no answer while the body is awaited");
     }
 }

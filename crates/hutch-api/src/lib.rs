@@ -13,6 +13,9 @@
 //! are `hutch-api-types`'), send a platform failure's details to a client, or log a key
 //! (headers are never logged).
 //!
+//! A connection is admitted (or refused) under the connection caps and held to the header and
+//! body timeouts by [`server::serve`]'s accept loop.
+//!
 //! A request's path through here:
 //! 1. [`extract::request_context`] gives it an id and a tracing span;
 //! 2. the route's extractors authenticate ([`extract::Auth`]) and parse the arguments;
@@ -23,25 +26,25 @@
 //! Routes without a key: `GET /healthz` and `GET /v1/openapi.json`. Every other route needs
 //! one; `/metrics` needs the operator's.
 
-#![forbid(unsafe_code)]
+// `unsafe` is denied (workspace lints) except in `memory`, one call to glibc.
 
 pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod linger;
+pub mod memory;
 pub mod sandboxes;
-
-use std::future::Future;
+pub mod server;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use hutch_control::Control;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::extract::{AppState, JSON_LIMIT};
+pub use crate::server::{BodyRate, ServeConfig, serve};
 
 /// The OpenAPI document of every route.
 #[derive(OpenApi)]
@@ -146,21 +149,13 @@ pub fn router(control: Control) -> Router {
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            server::reserve_gate,
+        ))
+        .layer(axum::middleware::from_fn(server::answer_slow_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             extract::request_context,
         ))
         .layer(axum::middleware::from_fn(linger::drain_refused))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish. Connections close by lingering ([`linger`]), so a refused upload's client reads its
-/// error rather than a reset.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(linger::LingeringListener::new(listener), router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

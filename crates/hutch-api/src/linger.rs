@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+use crate::server::Ticket;
+
 /// How much of a refused request's body is read before its error response.
 pub const DRAIN_BYTES: u64 = 8 << 20;
 /// How long that reading may take.
@@ -84,6 +86,14 @@ impl Drop for Returning {
 
 /// Middleware: see the module docs.
 pub async fn drain_refused(req: Request, next: Next) -> Response {
+    // Not worth waiting for: a body declared larger than the drain reads (it would end in
+    // `Connection: close` anyway, after up to `DRAIN_TIME`), and one the client holds back
+    // until told to send it (`Expect: 100-continue`: reading would ask for it).
+    let hopeless = crate::extract::declared_length(req.headers()).is_some_and(|n| n > DRAIN_BYTES)
+        || req
+            .headers()
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut returned) = oneshot::channel();
     let req = req.map(|inner| {
         Body::new(Returning {
@@ -99,6 +109,10 @@ pub async fn drain_refused(req: Request, next: Next) -> Response {
     let Ok(body) = returned.try_recv() else {
         return resp;
     };
+    if hopeless || resp.headers().get(http::header::CONNECTION) == Some(&CLOSE) {
+        resp.headers_mut().insert(http::header::CONNECTION, CLOSE);
+        return resp;
+    }
     let drained = tokio::time::timeout(DRAIN_TIME, async {
         use futures::StreamExt as _;
         let mut stream = body.into_data_stream();
@@ -114,13 +128,12 @@ pub async fn drain_refused(req: Request, next: Next) -> Response {
     })
     .await;
     if drained != Ok(true) {
-        resp.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
+        resp.headers_mut().insert(http::header::CONNECTION, CLOSE);
     }
     resp
 }
+
+const CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
 /// How long a closed connection keeps reading what its client still sends.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -150,12 +163,7 @@ impl axum::serve::Listener for LingeringListener {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(%addr, error = %e, "could not set TCP_NODELAY");
                     }
-                    return (
-                        LingeringStream {
-                            inner: Some(stream),
-                        },
-                        addr,
-                    );
+                    return (LingeringStream::new(stream, None), addr);
                 }
                 // A connection that went away between SYN and accept: try the next one.
                 Err(e)
@@ -181,9 +189,19 @@ impl axum::serve::Listener for LingeringListener {
 pub struct LingeringStream {
     /// `None` only once dropped.
     inner: Option<TcpStream>,
+    /// The connection's place under the caps ([`crate::server`]), given back when the
+    /// lingering ends: a lingering socket still holds a file descriptor.
+    ticket: Option<Ticket>,
 }
 
 impl LingeringStream {
+    pub(crate) fn new(inner: TcpStream, ticket: Option<Ticket>) -> Self {
+        Self {
+            inner: Some(inner),
+            ticket,
+        }
+    }
+
     fn stream(&mut self) -> Pin<&mut TcpStream> {
         // Only `drop` takes the stream, and nothing polls a dropped value.
         Pin::new(self.inner.as_mut().expect("stream polled after drop"))
@@ -197,13 +215,14 @@ impl Drop for LingeringStream {
         };
         // Outside a runtime (never, under axum) the stream just closes.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(linger(stream));
+            rt.spawn(linger(stream, self.ticket.take()));
         }
     }
 }
 
-/// Shuts the write side, then reads and discards until the client closes or a bound is hit.
-async fn linger(mut stream: TcpStream) {
+/// Shuts the write side, then reads and discards until the client closes or a bound is hit;
+/// `_ticket` is released at the end.
+async fn linger(mut stream: TcpStream, _ticket: Option<Ticket>) {
     let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(LINGER_TIME, async {
         let mut sink = tokio::io::sink();

@@ -25,6 +25,10 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The request body is larger than the route accepts.
     PayloadTooLarge,
+    /// The client sent its request too slowly (its body below the minimum rate).
+    RequestTimeout,
+    /// The client's address holds as many connections as one address may.
+    TooManyConnections,
     /// A dependency (runtime, store, guest) is temporarily unavailable.
     Unavailable,
     /// A bug or an unexpected host failure; details go to the log only.
@@ -32,7 +36,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidInput,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
@@ -41,6 +45,8 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Unauthenticated,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
+        ErrorCode::TooManyConnections,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -56,6 +62,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -88,6 +96,10 @@ pub enum Error {
     Unauthenticated,
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("request body arrived too slowly (below {min_rate} bytes/s)")]
+    RequestTimeout { min_rate: u64 },
+    #[error("too many connections from this address (at most {limit})")]
+    TooManyConnections { limit: usize },
     #[error("{0}")]
     Unavailable(String),
     /// The message is generic on purpose; the cause belongs in the log with the request id.
@@ -106,6 +118,8 @@ impl Error {
             Error::Forbidden { .. } => ErrorCode::Forbidden,
             Error::Unauthenticated => ErrorCode::Unauthenticated,
             Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::RequestTimeout { .. } => ErrorCode::RequestTimeout,
+            Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Internal => ErrorCode::Internal,
         }

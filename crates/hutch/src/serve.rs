@@ -78,6 +78,47 @@ pub struct ServeArgs {
     /// shares the host's user namespace (kernels without idmapped mounts).
     #[arg(long, env = "HUTCH_USER_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
     pub user_namespaces: bool,
+    /// Seconds a client may take to send a request's headers, and a kept-alive
+    /// connection may stay idle (0: no limit).
+    #[arg(long, env = "HUTCH_HEADER_TIMEOUT_S", default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// The slowest a request body may arrive, in bytes per second after a 10 s
+    /// grace; a slower one is cut off with 408 (0: no limit).
+    #[arg(long, env = "HUTCH_BODY_MIN_RATE", default_value_t = 1024)]
+    pub body_min_rate: u64,
+    /// API connections open at once (0: no cap). Over it, new connections are
+    /// refused with 503, except a few kept for `/healthz` and the operator's key.
+    #[arg(long, env = "HUTCH_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// API connections open at once from one IPv4 address or IPv6 /64 (0: no
+    /// cap); over it, 429. Raise it (or use 0) behind a reverse proxy.
+    #[arg(long, env = "HUTCH_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
+    /// Connections admitted beyond the caps for `/healthz` and requests with the
+    /// operator's key.
+    #[arg(long, env = "HUTCH_CONNECTION_RESERVE", default_value_t = 128)]
+    pub connection_reserve: usize,
+}
+
+impl ServeArgs {
+    /// The API's connection bounds from the flags (0 turns a bound off).
+    fn serve_config(&self) -> hutch_api::ServeConfig {
+        let some = |n: usize| (n > 0).then_some(n);
+        let defaults = hutch_api::ServeConfig::default();
+        hutch_api::ServeConfig {
+            header_timeout: (self.header_timeout_s > 0)
+                .then(|| std::time::Duration::from_secs(self.header_timeout_s)),
+            body_rate: (self.body_min_rate > 0).then(|| hutch_api::BodyRate {
+                min_bytes_per_s: self.body_min_rate,
+                ..hutch_api::BodyRate::default()
+            }),
+            max_connections: some(self.max_connections),
+            max_connections_per_client: some(self.max_connections_per_client),
+            reserve: self.connection_reserve,
+            reserve_per_client: defaults.reserve_per_client.min(self.connection_reserve),
+            ..defaults
+        }
+    }
 }
 
 /// Creates the data dir and what in it is the operator's alone. The dir itself is 0711: with
@@ -115,7 +156,18 @@ fn private_data_dir(data: &std::path::Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    raise_nofile();
+    let files = raise_nofile();
+    let serve_config = args.serve_config();
+    let connections =
+        serve_config.max_connections.unwrap_or(usize::MAX) as u64 + serve_config.reserve as u64;
+    if connections > files / 2 {
+        tracing::warn!(
+            files,
+            connections,
+            "the connection caps allow more than half the open-file limit: a flood of \
+             connections can leave sandboxes without file descriptors; lower --max-connections"
+        );
+    }
     private_data_dir(&args.data_dir)?;
     anyhow::ensure!(
         args.guest_bin.is_file(),
@@ -254,9 +306,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     tokio::spawn(signals);
     let stopped = shutdown.clone();
-    hutch_api::serve(listener, hutch_api::router(control.clone()), async move {
-        stopped.cancelled().await
-    })
+    hutch_api::serve(
+        listener,
+        hutch_api::router(control.clone()),
+        serve_config,
+        async move { stopped.cancelled().await },
+    )
     .await
     .context("serving the API")?;
     // Audit entries still being written land before the process ends.
@@ -269,18 +324,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Lifts the soft limit on open files to the hard one, as Go's runtime does for every
 /// program: the server keeps a pooled connection to each busy sandbox's guest, and a
-/// systemd service's soft default of 1024 is below what a full host needs.
-fn raise_nofile() {
+/// systemd service's soft default of 1024 is below what a full host needs. Returns the soft
+/// limit in force.
+fn raise_nofile() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    if limit.current == limit.maximum {
-        return;
-    }
     let before = limit.current;
+    if limit.current == limit.maximum {
+        return before.unwrap_or(u64::MAX);
+    }
     limit.current = limit.maximum;
     match setrlimit(Resource::Nofile, limit) {
-        Ok(()) => tracing::debug!(?before, now = ?limit.maximum, "raised RLIMIT_NOFILE"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+        Ok(()) => {
+            tracing::debug!(?before, now = ?limit.maximum, "raised RLIMIT_NOFILE");
+            limit.maximum.unwrap_or(u64::MAX)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE");
+            before.unwrap_or(u64::MAX)
+        }
     }
 }
 

@@ -95,6 +95,16 @@ impl Server {
         tweak: impl FnOnce(&mut ControlConfig),
         agent_tweak: impl FnOnce(ProcessAgent) -> ProcessAgent,
     ) -> Server {
+        Server::start_serving(root, tweak, agent_tweak, hutch_api::ServeConfig::default()).await
+    }
+
+    /// [`Server::start_at`] with the connection bounds of `serve`.
+    pub async fn start_serving(
+        root: &Path,
+        tweak: impl FnOnce(&mut ControlConfig),
+        agent_tweak: impl FnOnce(ProcessAgent) -> ProcessAgent,
+        serve: hutch_api::ServeConfig,
+    ) -> Server {
         let bin = guest_binary().unwrap_or_else(|e| panic!("the guest binary is needed: {e}"));
         let store = Arc::new(
             SqliteStore::open(&root.join("hutch.db"))
@@ -123,6 +133,7 @@ impl Server {
         let server = tokio::spawn(hutch_api::serve(
             listener,
             hutch_api::router(control.clone()),
+            serve,
             async move { stop.cancelled().await },
         ));
         let s = Server {
