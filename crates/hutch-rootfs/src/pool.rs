@@ -10,7 +10,9 @@
 //! 2. `request(mb)` queues a size without blocking; a full queue means a refill is on its
 //!    way, so the request is dropped.
 //! 3. The thread tops the pool of that size up to its depth, one image at a time, and ends
-//!    when the last [`PoolFiller`] is dropped.
+//!    when the last [`PoolFiller`] is dropped; that drop waits for it (at most the refill under
+//!    way), so nothing writes into the pool after its owner is gone (a test's temporary data
+//!    dir was left behind, the thread still formatting into it).
 
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -24,7 +26,22 @@ pub const POOL_DEPTH: usize = 8;
 /// Asks the pool thread for refills (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct PoolFiller {
+    // Dropped before `_thread`: the last sender closes the channel, then the thread is joined.
     tx: SyncSender<u64>,
+    _thread: Arc<Joined>,
+}
+
+/// Joins the filler thread when the last [`PoolFiller`] goes.
+#[derive(Debug)]
+struct Joined(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let handle = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
 }
 
 impl PoolFiller {
@@ -34,7 +51,7 @@ impl PoolFiller {
         depth: usize,
     ) -> std::io::Result<PoolFiller> {
         let (tx, rx) = sync_channel::<u64>(4);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("hutch-disk-pool".into())
             .spawn(move || {
                 // Linux applies setpriority on a thread id to that thread alone; the mkfs it
@@ -50,7 +67,10 @@ impl PoolFiller {
                     }
                 }
             })?;
-        Ok(PoolFiller { tx })
+        Ok(PoolFiller {
+            tx,
+            _thread: Arc::new(Joined(std::sync::Mutex::new(Some(thread)))),
+        })
     }
 
     /// Asks for the pool of `mb` MiB images to be topped up; returns at once.

@@ -721,4 +721,6 @@ fn bad_input_is_a_4xx_never_a_5xx() {
     );
     let (code, _) = get(&server, &format!("{files}?path=/tmp/u"));
     assert_eq!(code, 404, "the unknown user's upload wrote a file");
+    // The server is killed at the end of the test: delete first, or the sandbox outlives it.
+    ok(&cli(&server, &["sandbox", "rm", &id]));
 }
