@@ -308,6 +308,12 @@ impl Machine {
                 .map_err(host_wide_err("list root filesystems"))?,
         );
         names.extend(self.cgroups.list().map_err(host_wide_err("list cgroups"))?);
+        if let Some(uids) = &self.uids {
+            names.extend(
+                uids.holders()
+                    .map_err(host_wide_err("list the holders of host uid ranges"))?,
+            );
+        }
         for (_, rt) in &self.runtimes {
             for c in rt
                 .list()

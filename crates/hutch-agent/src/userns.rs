@@ -107,6 +107,17 @@ impl Allocations {
         Ok(out)
     }
 
+    /// The sandboxes holding a range: what the host holds of them includes their ids (a crash
+    /// between the last undos leaves only the record; recovery then releases it).
+    pub fn holders(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .map(|(_, holder)| holder)
+            .filter(|h| !h.is_empty())
+            .collect())
+    }
+
     /// The range `id` holds, if any.
     pub fn of(&self, id: &SandboxId) -> io::Result<Option<Range>> {
         Ok(self
@@ -287,6 +298,11 @@ mod tests {
         a.release(&y).unwrap();
         assert_eq!(a.of(&y).unwrap(), None);
         assert_eq!(a.allocate(&w).unwrap().slot, 1);
+        let mut holders = a.holders().unwrap();
+        holders.sort();
+        let mut want = vec![x.to_string(), z.to_string(), w.to_string()];
+        want.sort();
+        assert_eq!(holders, want);
         assert_eq!(a.of(&z).unwrap().unwrap().host_id, (1 << 30) + 2 * RANGE);
     }
 

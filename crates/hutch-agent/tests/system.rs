@@ -231,6 +231,18 @@ fn assert_nothing_left(h: &Host, id: &SandboxId) {
         "rootfs left"
     );
     assert!(!h.agent.state_dir(id).exists(), "state dir left");
+    // Its range of host uids is free again.
+    if let Ok(records) = std::fs::read_dir(data.join("uids")) {
+        for r in records.flatten() {
+            let holder = std::fs::read_to_string(r.path()).unwrap_or_default();
+            assert_ne!(
+                holder.trim(),
+                id.as_str(),
+                "uid range {:?} still held",
+                r.file_name()
+            );
+        }
+    }
 }
 
 async fn lifecycle(runtime: Runtime) {
