@@ -707,10 +707,9 @@ fn bad_input_is_a_4xx_never_a_5xx() {
         )
     })
     .collect();
-    eprintln!("DEBUG procs of the sandbox: {procs:?}");
     assert!(
         wrong.is_empty(),
-        "not a 4xx with a code:\n{}\nthe sandbox: {}\nits guest's log:\n{log}",
+        "not a 4xx with a code:\n{}\nthe sandbox: {}\nits processes: {procs:?}\nits guest's log:\n{log}",
         wrong.join("\n"),
         String::from_utf8_lossy(&state.stdout)
     );
