@@ -32,19 +32,12 @@ use std::path::{Path, PathBuf};
 use hutch_core::Digest;
 use hutch_core::request::Runtime;
 
-/// The mode of the agent's host dirs that hold per-sandbox dirs (the data dir, `sandboxes/`,
-/// `bin/`; R8): owned by root, which alone lists and writes them; others may only pass through
-/// (`x`). A sandbox's runtime, once it has joined the sandbox's user namespace, is the sandbox's
-/// unprivileged host uid and must reach the root filesystem and the guest's files through them
-/// before it pivots into the sandbox; nothing of the sandbox can name a host path afterwards.
-pub const STATE_DIR_MODE: u32 = 0o711;
-
-/// The mode of a sandbox's own state dir: root's alone (0700); with a user namespace, also
-/// passable by the group of the sandbox's root ([`SANDBOX_DIR_MODE_MAPPED`], group = its host
-/// gid), so its runtime reaches the guest's files and no other host user does.
-pub const SANDBOX_DIR_MODE: u32 = 0o700;
-/// [`SANDBOX_DIR_MODE`] with a user namespace.
-pub const SANDBOX_DIR_MODE_MAPPED: u32 = 0o710;
+/// The modes of host state dirs (R8), the same for the agent's dirs as for the root filesystem
+/// manager's: dirs that hold per-sandbox dirs (the data dir, `sandboxes/`, `bin/`) are 0711, so
+/// a sandbox's runtime, which is the sandbox's unprivileged host uid once it has joined the
+/// sandbox's user namespace, passes through them; a sandbox's own dir is root's alone, or with
+/// a user namespace also passable by that sandbox's group.
+pub use hutch_rootfs::{SANDBOX_DIR_MODE, SANDBOX_DIR_MODE_MAPPED, STATE_DIR_MODE};
 
 /// What the agent writes down about a sandbox to find it again after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -134,10 +134,10 @@ fn private_data_dir(data: &std::path::Path) -> anyhow::Result<()> {
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o711)
+        .mode(hutch_agent::state::STATE_DIR_MODE)
         .create(data)
         .with_context(|| format!("creating data dir {}", data.display()))?;
-    mode(data, 0o711)?;
+    mode(data, hutch_agent::state::STATE_DIR_MODE)?;
     let db = data.join("hutch.db");
     std::fs::OpenOptions::new()
         .create(true)
